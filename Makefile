@@ -1,0 +1,32 @@
+# `make test` and `make demo` each set up .venv on a fresh machine.
+# torch is pinned to the CPU wheel that installs locally; unpinned, pip may pull a CUDA build.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH)
+	touch $(STAMP)
+
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]' $(TORCH)
+	touch $(VENV)/.bench
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(VENV)/.bench
+	$(BIN)/python -m bench.solvers --quick
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench.solvers
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

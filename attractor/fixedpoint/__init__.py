@@ -1,0 +1,23 @@
+"""The fixed-point core: solvers, gradient modes and diagnostics. Knows nothing of models."""
+
+from attractor.fixedpoint.api import fixed_point, resolve_grad
+from attractor.fixedpoint.diagnostics import jacobian_penalty, spectral_radius
+from attractor.fixedpoint.grads import GRADS, Implicit, Neumann, OneStep, Phantom, Unroll
+from attractor.fixedpoint.loop import (
+    FixedPointError,
+    FixedPointInfo,
+    FixedPointWarning,
+    Status,
+    relative_residual,
+    resolve_solver,
+    solve,
+)
+from attractor.fixedpoint.solvers import SOLVERS, Anderson, Broyden, Picard
+
+__all__ = [
+    "fixed_point", "solve", "relative_residual", "resolve_solver", "resolve_grad",
+    "FixedPointInfo", "FixedPointError", "FixedPointWarning", "Status",
+    "Picard", "Anderson", "Broyden", "SOLVERS",
+    "Implicit", "OneStep", "Neumann", "Phantom", "Unroll", "GRADS",
+    "jacobian_penalty", "spectral_radius",
+]

@@ -1,0 +1,75 @@
+"""`fixed_point`: solve z = f(z) per sample, report how it went, attach a gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from attractor.errors import ConfigError, check_name
+from attractor.fixedpoint.grads import GRADS, Unroll
+from attractor.fixedpoint.loop import FixedPointInfo, report_failure, resolve_solver, solve
+
+
+def resolve_grad(grad):
+    """A gradient mode from a name ('implicit') or a configured instance (Phantom(k=2))."""
+    if isinstance(grad, str):
+        check_name(grad, GRADS, "gradient mode")
+        return GRADS[grad]()
+    if not hasattr(grad, "attach"):
+        raise ConfigError(f"gradient mode {grad!r} is neither a name nor an object with attach()")
+    return grad
+
+
+_ON_FAIL = ("warn", "raise", "ignore")
+
+
+def fixed_point(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    *,
+    solver="anderson",
+    grad="implicit",
+    tol: float = 1e-4,
+    max_iter: int = 50,
+    min_iter: int = 0,
+    on_fail: Literal["warn", "raise", "ignore"] = "warn",
+    trace: bool = False,
+) -> tuple[Tensor, FixedPointInfo]:
+    """Solve z = f(z) for each sample and attach the chosen gradient.
+
+    Args:
+        f: maps (B, *S) -> (B, *S); samples must not interact. Every tensor it closes over
+            (parameters, inputs) receives gradients, without being listed.
+        z0: (B, *S) starting point, e.g. the backbone's proposal; the answer has its dtype.
+        solver: 'picard', 'anderson', 'broyden' or a configured object (`Anderson(m=5)`).
+        grad: 'implicit', 'onestep', 'neumann', 'phantom', 'unroll' or a configured object
+            (`Phantom(k=2, damping=0.5)`). Ignored when autograd is off.
+        tol: a sample stops once ||f(z) - z|| / ||f(z)|| < tol (and it has taken min_iter steps).
+        max_iter: most solver steps per sample (0: return z0, reporting its residual).
+        min_iter: fewest steps before a sample may stop.
+        on_fail: what to do when a sample does not converge: warn (once per call site),
+            raise FixedPointError, or ignore. The result is the same in every case.
+        trace: record every iterate's residual in `info.trace`.
+    Returns:
+        z: (B, *S) lowest-residual iterate per sample, finite whenever z0 and f(z0) are;
+        info: per-sample iterations, residuals, convergence and status (FixedPointInfo).
+    """
+    solver = resolve_solver(solver)
+    grad = resolve_grad(grad)
+    check_name(on_fail, _ON_FAIL, "on_fail value")
+    if not tol >= 0:
+        raise ConfigError(f"tol={tol} must be >= 0")
+    if not (isinstance(max_iter, int) and isinstance(min_iter, int) and 0 <= min_iter <= max_iter):
+        raise ConfigError(f"need integers 0 <= min_iter ({min_iter}) <= max_iter ({max_iter})")
+    unroll = isinstance(grad, Unroll)
+    with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
+        z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
+                        min_iter=min_iter, trace=trace)
+    if max_iter > 0 and not bool(info.converged.all()):
+        report_failure(info, on_fail, "fixed_point")
+    if torch.is_grad_enabled() and not unroll and max_iter > 0:
+        z = grad.attach(f, z, info)
+    return z, info

@@ -1,0 +1,227 @@
+"""The one solver loop behind `fixed_point`, and the per-sample report it returns.
+
+ It evaluates f, keeps residuals and solver state in float32 or
+better whatever autocast says, freezes samples that have converged, honours min_iter, keeps the
+lowest-residual iterate, and replaces a non-finite or exploding step by a restart from the best
+iterate so far. Solvers (`solvers.py`) only propose the next iterate; gradient modes (`grads.py`)
+only decide what the backward pass does, and reuse this loop for the adjoint solve.
+
+Counting convention: `iters` are solver steps. A sample that stopped after k steps had f
+evaluated k + 1 times (once at z0, once after every step); `max_iter=0` evaluates f once to
+report the residual of z0 and returns z0 itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from attractor.errors import ConfigError, check_name
+from attractor.fixedpoint.solvers import SOLVERS
+
+# A step whose absolute residual exceeds this multiple of the sample's best residual so far is
+# treated as exploding: the sample restarts from its best iterate with an empty history.
+EXPLODE_FACTOR = 1e3
+
+
+class FixedPointError(RuntimeError):
+    """Raised by `fixed_point(..., on_fail="raise")` when some sample did not converge."""
+
+
+class FixedPointWarning(UserWarning):
+    """Issued (once per call site) when some sample did not converge."""
+
+
+class Status(enum.IntEnum):
+    """Why a sample stopped. `Status(code).message` reads as a sentence."""
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    DIVERGED = 2
+    NONFINITE_START = 3
+
+    @property
+    def message(self) -> str:
+        return {
+            0: "relative residual below tol",
+            1: "max_iter reached before tol",
+            2: "max_iter reached after at least one exploding or non-finite step",
+            3: "f(z0) is not finite; returned z0",
+        }[self.value]
+
+
+@dataclass
+class FixedPointInfo:
+    """What happened in one call of `fixed_point`, per sample.
+
+    Attributes:
+        iters: (B,) int64 solver steps until the sample stopped (f was evaluated iters + 1 times).
+        residual: (B,) float32/64 relative residual ||f(z) - z|| / ||f(z)|| at the returned z.
+        converged: (B,) bool, residual < tol.
+        status: (B,) int8 codes of `Status`.
+        n_evals: calls of f made by the forward loop (the whole batch is evaluated each call).
+        tol: the tolerance that `converged` refers to.
+        trace: (B, n_evals) residual of the current iterate after every evaluation, if asked.
+        backward: the adjoint solve's info, filled in by `Implicit` when backward runs.
+    """
+
+    iters: Tensor
+    residual: Tensor
+    converged: Tensor
+    status: Tensor
+    n_evals: int
+    tol: float
+    trace: Tensor | None = None
+    backward: FixedPointInfo | None = None
+
+    def summary(self) -> str:
+        """One line, e.g. 'converged 31/32, iters median 9 max 50, worst residual 3.1e-03'."""
+        n = self.converged.numel()
+        iters = self.iters.float()
+        return (
+            f"converged {int(self.converged.sum())}/{n}, iters median {iters.median().item():.0f} "
+            f"max {int(self.iters.max()) if n else 0}, worst residual "
+            f"{self.residual.max().item() if n else 0.0:.1e} (tol {self.tol:.0e})"
+        )
+
+
+def relative_residual(z: Tensor, fz: Tensor) -> Tensor:
+    """||f(z) - z|| / (||f(z)|| + tiny) over all non-batch dims; (B, *S) -> (B,), float32+.
+
+    `tiny` is the dtype's smallest normal number, so the ratio is scale-free for any state.
+    """
+    dtype = torch.float64 if torch.float64 in (z.dtype, fz.dtype) else torch.float32
+    diff = (fz.to(dtype) - z.to(dtype)).flatten(1).norm(dim=1)
+    return diff / (fz.to(dtype).flatten(1).norm(dim=1) + torch.finfo(dtype).tiny)
+
+
+def resolve_solver(solver):
+    """A solver object from a name ('anderson') or a configured instance (Anderson(m=3))."""
+    if isinstance(solver, str):
+        check_name(solver, SOLVERS, "solver")
+        return SOLVERS[solver]()
+    if not all(hasattr(solver, a) for a in ("init", "step", "restart")):
+        raise ConfigError(f"solver {solver!r} is neither a name nor an object with init/step/restart")
+    return solver
+
+
+def _no_autocast(device: torch.device):
+    """Disable autocast for the solver's own arithmetic (state stays float32 or better)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def solve(
+    f: Callable[[Tensor], Tensor],
+    z0: Tensor,
+    solver,
+    *,
+    tol: float,
+    max_iter: int,
+    min_iter: int = 0,
+    trace: bool = False,
+) -> tuple[Tensor, FixedPointInfo]:
+    """The solver loop, without gradient attachment (see `fixed_point` for the arguments).
+
+    Differentiable end to end when autograd is on (that is the `unroll` mode); otherwise call it
+    under `torch.no_grad()`. Returns z (B, *S) in z0's dtype and a FixedPointInfo.
+    """
+    if z0.dim() < 1 or z0.shape[0] == 0:
+        raise ValueError(f"z0 must have a batch dimension with at least one sample, got {tuple(z0.shape)}")
+    if not z0.is_floating_point():
+        raise ValueError(f"z0 must be a floating-point tensor, got {z0.dtype}")
+    work = torch.float64 if z0.dtype == torch.float64 else torch.float32
+    batch, shape = z0.shape[0], z0.shape
+    no_autocast = _no_autocast(z0.device)
+
+    def evaluate(z_flat: Tensor) -> Tensor:
+        fz = f(z_flat.view(shape).to(z0.dtype))
+        if not isinstance(fz, Tensor) or fz.shape != shape:
+            got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+            raise ValueError(f"f(z) must have the shape of z0 {tuple(shape)}, got {got}")
+        return fz.reshape(batch, -1).to(work)
+
+    with no_autocast:
+        z = z0.reshape(batch, -1).to(work)
+    fz = evaluate(z)
+    with no_autocast:
+        res = relative_residual(z, fz)
+        gnorm = (fz - z).norm(dim=1)
+        finite_start = torch.isfinite(fz).all(1) & torch.isfinite(gnorm)
+        res = torch.where(finite_start, res, torch.full_like(res, float("inf")))
+        best_z, best_fz, best_res, best_gnorm = z, fz, res, gnorm
+        iters = torch.zeros(batch, dtype=torch.long, device=z.device)
+        exploded = torch.zeros(batch, dtype=torch.bool, device=z.device)
+        stopped = ~finite_start | ((res < tol) & (min_iter <= 0))
+        history = [res] if trace else None
+        state = solver.init(z, fz) if max_iter > 0 else None
+    n_evals = 1
+    for _ in range(max_iter):
+        if bool(stopped.all()):
+            break
+        active = ~stopped
+        with no_autocast:
+            proposal, state = solver.step(z, fz, state)
+            bad = ~torch.isfinite(proposal).all(1)  # a non-finite proposal: plain step instead
+            proposal = torch.where(bad.unsqueeze(1), fz, proposal)
+            state = solver.restart(state, bad)
+            z_new = torch.where(active.unsqueeze(1), proposal, z)
+        fz_new = evaluate(z_new)
+        n_evals += 1
+        with no_autocast:
+            res_new = relative_residual(z_new, fz_new)
+            gnorm_new = (fz_new - z_new).norm(dim=1)
+            blowup = ~torch.isfinite(fz_new).all(1) | ~(gnorm_new <= EXPLODE_FACTOR * best_gnorm)
+            blowup = blowup & active
+            # Restart exploding samples from their best iterate, with the solver's memory wiped.
+            back = blowup.unsqueeze(1)
+            z = torch.where(back, best_z, z_new)
+            fz = torch.where(back, best_fz, fz_new)
+            res = torch.where(blowup, best_res, res_new)
+            gnorm = torch.where(blowup, best_gnorm, gnorm_new)
+            state = solver.restart(state, blowup)
+            exploded = exploded | blowup
+            iters = iters + active.long()
+            better = active & (res < best_res)
+            best_z = torch.where(better.unsqueeze(1), z, best_z)
+            best_fz = torch.where(better.unsqueeze(1), fz, best_fz)
+            best_res = torch.where(better, res, best_res)
+            best_gnorm = torch.where(better, gnorm, best_gnorm)
+            stopped = stopped | (active & (res < tol) & (iters >= min_iter))
+            if trace:
+                history.append(res)
+
+    converged = best_res < tol
+    status = torch.full((batch,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
+    status[exploded] = int(Status.DIVERGED)
+    status[converged] = int(Status.CONVERGED)
+    status[~finite_start] = int(Status.NONFINITE_START)
+    info = FixedPointInfo(
+        iters=iters,
+        residual=best_res.detach(),
+        converged=converged,
+        status=status,
+        n_evals=n_evals,
+        tol=tol,
+        trace=torch.stack(history, 1).detach() if trace else None,
+    )
+    return best_z.view(shape).to(z0.dtype), info
+
+
+def report_failure(info: FixedPointInfo, on_fail: str, what: str) -> None:
+    """Warn (one message text, so Python shows it once per call site) or raise."""
+    if on_fail == "raise":
+        raise FixedPointError(f"{what} did not converge: {info.summary()}")
+    if on_fail == "warn":
+        warnings.warn(
+            f"{what}: some samples did not converge; inspect info.converged and info.summary()",
+            FixedPointWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,213 @@
+"""Root solvers for z = f(z): Picard, Anderson (type II) and limited-memory Broyden.
+
+A solver only proposes the next iterate from the current one and its image under f. The loop in
+`api.py` owns everything else (evaluating f, residuals, per-sample freezing, safeguards, the best
+iterate), so each solver here is the mathematics and nothing more.
+
+Every solver works on flattened samples: z and fz arrive as (B, N) tensors in the solver dtype
+(float32, or float64 when the problem is float64). State tensors never mix samples, so a sample's
+trajectory is the same whether it is solved alone or in a batch. Updates are out-of-place so that
+`grad="unroll"` can backpropagate through any solver.
+
+Protocol (duck-typed):
+    init(z, fz) -> state
+    step(z, fz, state) -> (z_next, state)      # z, fz, z_next: (B, N)
+    restart(state, mask) -> state              # forget the history of samples where mask (B,)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _small_solve_dtype(t: Tensor) -> torch.dtype:
+    # The m x m systems are tiny: solve them in float64 where the device has it (not MPS).
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+@dataclass(frozen=True)
+class Picard:
+    """Plain (optionally damped) fixed-point iteration: z <- z + damping * (f(z) - z).
+
+    Converges at the rate of the map's contraction factor; damping < 1 helps maps that
+    oscillate (eigenvalues of the Jacobian near -1).
+    """
+
+    damping: float = 1.0  # 1.0 is the undamped step z <- f(z)
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.damping <= 1.0, f"Picard damping={self.damping} must be in (0, 1]")
+
+    def init(self, z: Tensor, fz: Tensor) -> None:
+        return None
+
+    def step(self, z: Tensor, fz: Tensor, state: None) -> tuple[Tensor, None]:
+        return z + self.damping * (fz - z), None
+
+    def restart(self, state: None, mask: Tensor) -> None:
+        return None
+
+
+class AndersonState(NamedTuple):
+    z_hist: Tensor  # (B, m, N) past iterates
+    g_hist: Tensor  # (B, m, N) their residuals f(z) - z
+    gram: Tensor  # (B, m, m) g_hist @ g_hist^T, updated one row and column per step
+    valid: Tensor  # (B, m) bool, which history slots hold data for this sample
+    count: int  # steps taken; the next slot is count % m
+
+
+@dataclass(frozen=True)
+class Anderson:
+    """Anderson acceleration, type II (Walker and Ni, SIAM J. Numer. Anal. 2011).
+
+    With the last m iterates z_i and residuals g_i = f(z_i) - z_i, choose weights alpha
+    (summing to 1) minimising ||sum_i alpha_i g_i||, then
+        z_next = sum_i alpha_i (z_i + beta * g_i).
+    The Gram matrix G G^T gets a ridge *relative to its own mean diagonal*. An absolute ridge
+    (the published code, torchdeq) dominates once residuals are small, so the iteration count
+    would depend on the scale of the state (SPEC section 3).
+    """
+
+    m: int = 5  # history length
+    beta: float = 1.0  # mixing; 1.0 takes the extrapolated f-value
+    ridge: float = 1e-4  # Tikhonov term, relative to mean(diag(G G^T)) over valid slots
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.m, int) and self.m >= 1, f"Anderson m={self.m} must be an int >= 1")
+        _require(0.0 < self.beta <= 1.0, f"Anderson beta={self.beta} must be in (0, 1]")
+        _require(self.ridge >= 0.0, f"Anderson ridge={self.ridge} must be >= 0")
+
+    def init(self, z: Tensor, fz: Tensor) -> AndersonState:
+        batch, n = z.shape
+        return AndersonState(
+            z_hist=z.new_zeros(batch, self.m, n),
+            g_hist=z.new_zeros(batch, self.m, n),
+            gram=z.new_zeros(batch, self.m, self.m),
+            valid=torch.zeros(batch, self.m, dtype=torch.bool, device=z.device),
+            count=0,
+        )
+
+    def step(self, z: Tensor, fz: Tensor, state: AndersonState) -> tuple[Tensor, AndersonState]:
+        slot = torch.tensor([state.count % self.m], device=z.device)
+        g = fz - z  # (B, N)
+        z_hist = state.z_hist.index_copy(1, slot, z.unsqueeze(1))
+        g_hist = state.g_hist.index_copy(1, slot, g.unsqueeze(1))
+        valid = state.valid.index_fill(1, slot, True)
+        row = torch.bmm(g_hist, g.unsqueeze(-1))  # (B, m, 1): <g_i, g> for every slot
+        gram = state.gram.index_copy(2, slot, row).index_copy(1, slot, row.transpose(1, 2))
+        alpha = self._weights(gram, valid, slot)  # (B, m)
+        a = alpha.unsqueeze(1)  # (B, 1, m)
+        z_next = (torch.bmm(a, z_hist) + self.beta * torch.bmm(a, g_hist)).squeeze(1)
+        return z_next, AndersonState(z_hist, g_hist, gram, valid, state.count + 1)
+
+    def _weights(self, gram: Tensor, valid: Tensor, newest: Tensor) -> Tensor:
+        """alpha = H^-1 1 / (1^T H^-1 1) over valid slots, H the regularised Gram matrix."""
+        dtype = _small_solve_dtype(gram)
+        both = valid.unsqueeze(2) & valid.unsqueeze(1)
+        h = torch.where(both, gram.to(dtype), 0.0)
+        n_valid = valid.sum(1).clamp(min=1)
+        mean_diag = (torch.diagonal(h, dim1=1, dim2=2) * valid).sum(1) / n_valid  # (B,)
+        # A zero Gram matrix means every stored residual is exactly zero; any weights will do.
+        lam = torch.where(mean_diag > 0, self.ridge * mean_diag, torch.ones_like(mean_diag))
+        diag = torch.where(valid, lam.unsqueeze(1), torch.ones_like(h[..., 0]))  # invalid: identity
+        h = h + torch.diag_embed(diag)
+        rhs = valid.to(dtype)
+        raw, _ = torch.linalg.solve_ex(h, rhs)
+        alpha = raw / raw.sum(1, keepdim=True)
+        # A singular or overflowing solve falls back to the plain step (all weight on the newest).
+        plain = torch.zeros_like(alpha).index_fill(1, newest, 1.0)
+        ok = torch.isfinite(alpha).all(1, keepdim=True)
+        return torch.where(ok, alpha, plain).to(gram.dtype)
+
+    def restart(self, state: AndersonState, mask: Tensor) -> AndersonState:
+        return state._replace(valid=state.valid & ~mask.unsqueeze(1))
+
+
+class BroydenState(NamedTuple):
+    u: Tensor  # (B, m, N) low-rank factors: J^-1 ~ -I + sum_i u_i v_i^T
+    v: Tensor  # (B, m, N)
+    prev_z: Tensor  # (B, N) previous iterate
+    prev_g: Tensor  # (B, N) its residual
+    has_prev: Tensor  # (B,) bool, False at the start and after a restart
+    count: int  # updates stored since the last restart; the next slot is count
+    steps: int  # calls of step(); the first has no secant pair yet
+
+
+@dataclass(frozen=True)
+class Broyden:
+    """Limited-memory "good" Broyden on g(z) = f(z) - z (Broyden 1965; as in Bai et al. 2019).
+
+    Keeps an approximate inverse Jacobian of g as -I plus up to m rank-one terms, updated by
+    Sherman-Morrison from each secant pair, and steps z <- z - J^-1 g(z). The first step is a
+    plain Picard step. When the memory is full it restarts from -I: overwriting the oldest term
+    instead (as torchdeq does) diverged here on a non-normal linear map of radius 0.95. Updates
+    with a near-zero denominator, relative to the scale of the pair, are skipped per sample.
+    """
+
+    m: int = 8  # rank-one updates kept before restarting
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.m, int) and self.m >= 1, f"Broyden m={self.m} must be an int >= 1")
+
+    def init(self, z: Tensor, fz: Tensor) -> BroydenState:
+        batch, n = z.shape
+        return BroydenState(
+            u=z.new_zeros(batch, self.m, n),
+            v=z.new_zeros(batch, self.m, n),
+            prev_z=torch.zeros_like(z),
+            prev_g=torch.zeros_like(z),
+            has_prev=torch.zeros(batch, dtype=torch.bool, device=z.device),
+            count=0,
+            steps=0,
+        )
+
+    @staticmethod
+    def _inv_jac(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        """J^-1 x = -x + sum_i u_i (v_i . x); x: (B, N)."""
+        return -x + torch.bmm(torch.bmm(v, x.unsqueeze(-1)).transpose(1, 2), u).squeeze(1)
+
+    @staticmethod
+    def _inv_jac_t(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+        """J^-T x = -x + sum_i v_i (u_i . x); x: (B, N)."""
+        return -x + torch.bmm(torch.bmm(u, x.unsqueeze(-1)).transpose(1, 2), v).squeeze(1)
+
+    def step(self, z: Tensor, fz: Tensor, state: BroydenState) -> tuple[Tensor, BroydenState]:
+        g = fz - z
+        u, v, count = state.u, state.v, state.count
+        if state.steps > 0:
+            dz, dg = z - state.prev_z, g - state.prev_g
+            jdg = self._inv_jac(u, v, dg)  # J^-1 dg
+            vt = self._inv_jac_t(u, v, dz)  # (dz^T J^-1)^T
+            den = (vt * dg).sum(1, keepdim=True)  # dz^T J^-1 dg, (B, 1)
+            scale = dz.norm(dim=1, keepdim=True) * jdg.norm(dim=1, keepdim=True)
+            ok = state.has_prev.unsqueeze(1) & (den.abs() > 1e-10 * scale) & torch.isfinite(den)
+            safe_den = torch.where(ok, den, torch.ones_like(den))
+            new_u = torch.where(ok, (dz - jdg) / safe_den, 0.0)
+            new_v = torch.where(ok, vt, 0.0)
+            if count == self.m:  # memory full: restart from -I
+                u, v, count = torch.zeros_like(u), torch.zeros_like(v), 0
+            slot = torch.tensor([count], device=z.device)
+            u = u.index_copy(1, slot, new_u.unsqueeze(1))
+            v = v.index_copy(1, slot, new_v.unsqueeze(1))
+            count += 1
+        z_next = z - self._inv_jac(u, v, g)
+        has_prev = torch.ones_like(state.has_prev)
+        return z_next, BroydenState(u, v, z, g, has_prev, count, state.steps + 1)
+
+    def restart(self, state: BroydenState, mask: Tensor) -> BroydenState:
+        keep = ~mask.view(-1, 1, 1)
+        return state._replace(
+            u=state.u * keep, v=state.v * keep, has_prev=state.has_prev & ~mask
+        )
+
+
+SOLVERS: dict[str, type] = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
