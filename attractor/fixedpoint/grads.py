@@ -36,8 +36,30 @@ def _require(ok: bool, message: str) -> None:
 
 
 def _graft(z_star: Tensor, y: Tensor) -> Tensor:
-    """z_star's value with y's backward: gradients arriving here flow into y unchanged."""
-    return z_star + (y - y.detach())
+    """z_star's value with y's backward: gradients arriving here flow into y unchanged.
+
+    Where y is not finite (a sample whose f blew up) the value stays z_star and no gradient flows.
+    """
+    delta = y - y.detach()
+    return z_star + torch.where(torch.isfinite(y), delta, torch.zeros_like(delta))
+
+
+class _MapGradient(torch.autograd.Function):
+    """Identity forward; backward applies `fn` to the incoming gradient.
+
+    Placed after y = f(z*), it turns v into u before u flows into f's graph. The vector-Jacobian
+    products inside `fn` start at y, upstream of this node, so they never re-enter it (a tensor
+    hook on y would fire again for each of them).
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.fn = fn
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.fn(grad), None
 
 
 def _vjp_through(y: Tensor, z: Tensor) -> Callable[[Tensor], Tensor]:
@@ -85,8 +107,7 @@ class Implicit:
                 report_failure(binfo, self.on_fail, "implicit backward (adjoint solve)")
             return u.to(v.dtype)
 
-        y.register_hook(adjoint)
-        return _graft(z_star, y)
+        return _graft(z_star, _MapGradient.apply(y, adjoint))
 
 
 @dataclass(frozen=True)
@@ -121,9 +142,7 @@ class Neumann:
                 u = u + term
             return u
 
-        if self.k > 0:
-            y.register_hook(series)
-        return _graft(z_star, y)
+        return _graft(z_star, _MapGradient.apply(y, series) if self.k > 0 else y)
 
 
 @dataclass(frozen=True)

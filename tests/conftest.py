@@ -1,0 +1,70 @@
+"""Shared builders: seeded generators and small contractive maps with known structure."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+@pytest.fixture
+def gen64() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+def orthogonal(n: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=dtype))
+    return q * torch.sign(torch.diagonal(r))
+
+
+def contractive_linear(n: int, radius: float, batch: int, generator: torch.Generator,
+                       dtype=torch.float64, spectrum: str = "symmetric"):
+    """A = Q diag(ev) Q^T with ev spread over [-radius, radius] ('symmetric') or [0, radius]."""
+    low = -radius if spectrum == "symmetric" else 0.0
+    ev = torch.linspace(low, radius, n, dtype=torch.float64)
+    q = orthogonal(n, generator)
+    a = (q @ torch.diag(ev) @ q.T).to(dtype)
+    b = torch.randn(batch, n, generator=generator, dtype=torch.float64).to(dtype)
+    return a, b
+
+
+def linear_solution(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """z with z = A z + b, row by row: (B, n)."""
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
+    return torch.linalg.solve(eye - a, b.T).T
+
+
+def spectral_normalised(n: int, m: int, norm: float, generator: torch.Generator, dtype=torch.float64):
+    w = torch.randn(n, m, generator=generator, dtype=dtype)
+    return w * (norm / torch.linalg.matrix_norm(w, ord=2))
+
+
+class GatedAttentionMap(torch.nn.Module):
+    """f(y) = H(y + x) - y for a one-block gated pre-norm transformer H (the attractor's form).
+
+    H(h) = h + g1 * Attn(norm(h)), then + g2 * MLP(norm(.)); small weights and gates 0.5 keep it
+    contractive. Samples interact only within themselves. Shapes: y, x (B, T, D).
+    """
+
+    def __init__(self, d: int, n_head: int, generator: torch.Generator, dtype=torch.float64,
+                 scale: float = 0.3, causal: bool = True):
+        super().__init__()
+        def p(*shape):
+            return torch.nn.Parameter(torch.randn(*shape, generator=generator, dtype=dtype) * scale / math.sqrt(shape[-1]))
+        self.n_head, self.causal = n_head, causal
+        self.qkv, self.proj = p(3 * d, d), p(d, d)
+        self.fc, self.out = p(4 * d, d), p(d, 4 * d)
+        self.gate_attn = torch.nn.Parameter(torch.full((d,), 0.5, dtype=dtype))
+        self.gate_mlp = torch.nn.Parameter(torch.full((d,), 0.5, dtype=dtype))
+
+    def block(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        q, k, v = F.linear(F.rms_norm(h, (d,)), self.qkv).view(b, t, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, hs)
+        h = h + self.gate_attn * F.linear(a.transpose(1, 2).reshape(b, t, d), self.proj)
+        return h + self.gate_mlp * F.linear(F.relu(F.linear(F.rms_norm(h, (d,)), self.fc)).square(), self.out)
+
+    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.block(y + x) - y

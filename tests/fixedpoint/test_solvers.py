@@ -1,0 +1,189 @@
+"""The forward solve: exact answers, per-sample stopping, scale invariance, safeguards, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import contractive_linear, linear_solution
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attractor import (
+    Anderson,
+    Broyden,
+    ConfigError,
+    FixedPointError,
+    FixedPointWarning,
+    Picard,
+    Status,
+    fixed_point,
+)
+
+SOLVER_NAMES = ["picard", "anderson", "broyden"]
+
+
+def linear_map(a, b):
+    return lambda z: z @ a.T + b
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_solver_recovers_exact_linear_solution(solver, gen64):
+    a, b = contractive_linear(n=64, radius=0.95, batch=4, generator=gen64)
+    z, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=solver, tol=1e-12, max_iter=2000)
+    assert info.converged.all()
+    assert (info.status == Status.CONVERGED).all()
+    # tol 1e-12 on the residual bounds the error by tol / (1 - 0.95) relative: 2e-11 < 1e-8.
+    torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("spectrum", ["symmetric", "positive"])
+@pytest.mark.parametrize("accelerated", ["anderson", "broyden"])
+def test_acceleration_halves_f_evaluations(accelerated, spectrum, gen64):
+    a, b = contractive_linear(n=64, radius=0.95, batch=4, generator=gen64, spectrum=spectrum)
+    counts = {}
+    for solver in ("picard", accelerated):
+        _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=solver, tol=1e-10, max_iter=2000)
+        assert info.converged.all()
+        counts[solver] = info.n_evals
+    assert counts[accelerated] <= counts["picard"] / 2, counts
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_each_sample_stops_on_its_own(solver, gen64):
+    easy_a, easy_b = contractive_linear(n=32, radius=0.1, batch=1, generator=gen64)
+    hard_a, hard_b = contractive_linear(n=32, radius=0.95, batch=1, generator=gen64)
+    a = torch.stack([easy_a, hard_a])  # (2, n, n): one map per sample
+    b = torch.cat([easy_b, hard_b])
+
+    def f(z):
+        return torch.einsum("bij,bj->bi", a, z) + b
+
+    z, info = fixed_point(f, torch.zeros_like(b), solver=solver, tol=1e-10, max_iter=1000)
+    alone, alone_info = fixed_point(linear_map(easy_a, easy_b), torch.zeros_like(easy_b), solver=solver,
+                                    tol=1e-10, max_iter=1000)
+    assert info.converged.all()
+    assert info.iters[0] < info.iters[1]
+    assert info.iters[0] == alone_info.iters[0]
+    torch.testing.assert_close(z[:1], alone, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       solver=st.sampled_from(SOLVER_NAMES))
+def test_iteration_count_does_not_depend_on_scale(seed, dtype, solver):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = contractive_linear(n=48, radius=0.9, batch=3, generator=gen, dtype=dtype)
+    counts = []
+    for s in (1e-3, 1e-1, 1.0, 1e1, 1e3):
+        _, info = fixed_point(linear_map(a, s * b), torch.zeros_like(b), solver=solver, tol=1e-4, max_iter=500)
+        assert info.converged.all()
+        counts.append(info.iters)
+    spread = torch.stack(counts).max(0).values - torch.stack(counts).min(0).values
+    assert (spread <= 2).all(), counts
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_expanding_map_reports_failure_and_stays_finite(solver, gen64):
+    a, b = contractive_linear(n=32, radius=1.2, batch=3, generator=gen64, spectrum="positive")
+    with pytest.warns(FixedPointWarning):
+        z, info = fixed_point(linear_map(a, b), torch.randn_like(b), solver=solver, tol=1e-6, max_iter=300)
+    assert not info.converged.any()
+    assert torch.isfinite(z).all() and torch.isfinite(info.residual).all()
+    assert ((info.status == Status.MAX_ITER) | (info.status == Status.DIVERGED)).all()
+    with pytest.raises(FixedPointError, match="did not converge"):
+        fixed_point(linear_map(a, b), torch.randn_like(b), solver=solver, tol=1e-6, max_iter=50, on_fail="raise")
+
+
+def test_blowup_returns_best_iterate(gen64):
+    def f(z):  # finite near 0, NaN once |z| > 2: a map that breaks when pushed away
+        out = 0.5 * z + 3.0
+        return torch.where(z.abs() > 2, torch.full_like(z, float("nan")), out)
+
+    z0 = torch.zeros(2, 4, dtype=torch.float64)
+    z, info = fixed_point(f, z0, solver="picard", tol=1e-8, max_iter=20, on_fail="ignore")
+    assert torch.isfinite(z).all()
+    assert (info.status == Status.DIVERGED).all()
+    # The first step (z = 3) already breaks f; the best finite-image iterate is z0.
+    torch.testing.assert_close(z, z0)
+
+
+def test_nonfinite_start_is_reported(gen64):
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+
+    def f(z):
+        out = z * 0.5 + 1.0
+        out[1] = float("inf")
+        return out
+
+    z, info = fixed_point(f, z0, solver="anderson", tol=1e-8, max_iter=10, on_fail="ignore")
+    assert info.status.tolist() == [Status.CONVERGED, Status.NONFINITE_START]
+    torch.testing.assert_close(z[1], z0[1])
+
+
+def test_bf16_autocast_keeps_solver_state_float32(gen64):
+    w = torch.randn(32, 32, generator=gen64) * 0.2 / 32**0.5 * 4
+    u = torch.randn(32, 32, generator=gen64) / 32**0.5
+    x = torch.randn(8, 32, generator=gen64)
+
+    def f(z):  # under autocast both products, and so f(z), are bf16
+        return torch.tanh(torch.nn.functional.linear(z, w) + torch.nn.functional.linear(x, u))
+
+    ref, _ = fixed_point(f, torch.zeros_like(x), solver="anderson", tol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert f(x).dtype == torch.bfloat16
+        z, info = fixed_point(f, torch.zeros_like(x), solver="anderson", tol=2e-2, trace=True)
+    assert z.dtype == torch.float32 and info.residual.dtype == torch.float32
+    assert info.converged.all()
+    # bf16 rounds inputs to 8 mantissa bits, and each f(z) entry sums 64 rounded products of
+    # size ~1: entries move by a few 1e-2, the whole answer by a few percent.
+    assert (z - ref).norm() / ref.norm() < 5e-2
+    torch.testing.assert_close(z, ref, rtol=0, atol=1e-1)
+
+
+def test_min_iter_and_max_iter(gen64):
+    a, b = contractive_linear(n=16, radius=0.1, batch=2, generator=gen64)
+    _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-3, min_iter=7)
+    assert (info.iters == 7).all()
+    z0 = torch.zeros_like(b)
+    z, info = fixed_point(linear_map(a, b), z0, solver="picard", max_iter=0)
+    assert z is z0 or torch.equal(z, z0)
+    assert (info.iters == 0).all() and info.n_evals == 1
+    # residual of z0 = 0: ||b|| / ||b|| = 1
+    torch.testing.assert_close(info.residual, torch.ones(2, dtype=torch.float64))
+
+
+def test_trace_records_every_evaluation(gen64):
+    a, b = contractive_linear(n=16, radius=0.5, batch=2, generator=gen64)
+    _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-8, trace=True)
+    assert info.trace.shape == (2, info.n_evals)
+    assert (info.trace[:, -1] < 1e-8).all() and (info.trace[:, 0] == 1).all()
+    assert "converged 2/2" in info.summary()
+
+
+def test_names_and_options_fail_loudly():
+    f, z0 = (lambda z: 0.5 * z), torch.ones(1, 2)
+    with pytest.raises(ConfigError, match="did you mean 'anderson'"):
+        fixed_point(f, z0, solver="andersen")
+    with pytest.raises(ConfigError, match="gradient mode"):
+        fixed_point(f, z0, grad="implict")
+    with pytest.raises(ConfigError, match="on_fail"):
+        fixed_point(f, z0, on_fail="explode")
+    with pytest.raises(ConfigError, match="min_iter"):
+        fixed_point(f, z0, min_iter=5, max_iter=2)
+    with pytest.raises(TypeError):
+        Anderson(mm=5)
+    with pytest.raises(ValueError, match="beta"):
+        Anderson(beta=1.5)
+    with pytest.raises(ValueError, match="damping"):
+        Picard(damping=0.0)
+    with pytest.raises(ValueError, match="Broyden m"):
+        Broyden(m=0)
+    with pytest.raises(ValueError, match=r"shape of z0 \(1, 2\)"):
+        fixed_point(lambda z: z.sum(1), z0)
+
+
+def test_configured_objects_are_used(gen64):
+    a, b = contractive_linear(n=32, radius=0.9, batch=2, generator=gen64)
+    _, m1 = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=1), tol=1e-8, max_iter=500)
+    _, m8 = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=8), tol=1e-8, max_iter=500)
+    assert m8.n_evals < m1.n_evals
