@@ -92,6 +92,20 @@ def env_line(dtype: torch.dtype) -> str:
             f"torchdeq {TORCHDEQ or 'not installed'}")
 
 
+def code_line() -> str:
+    """Which code produced the numbers: the commit, and whether attractor/ or bench/ differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "attractor", "bench"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "code: not a git checkout"
+    changed = sorted({line[3:].strip() for line in dirty if line.strip()})
+    return f"code: commit {commit}" + (f", uncommitted: {', '.join(changed)}" if changed else "")
+
+
 def print_table(title: str, dtype: torch.dtype, header: list[str], rows: list[list[str]]) -> None:
     """A Markdown table (pasteable into docs), text columns left, numbers right."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
@@ -465,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
+    print(f"bench.solvers{' --quick' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M')}; {code_line()}")
     for part in (bench_linear, bench_block, bench_gradients, bench_memory):
         part_start = time.perf_counter()
         part(sizes)
