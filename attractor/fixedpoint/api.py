@@ -37,6 +37,8 @@ def fixed_point(
     min_iter: int = 0,
     on_fail: Literal["warn", "raise", "ignore"] = "warn",
     trace: bool = False,
+    batch_dims: int = 1,
+    prefix_stop: bool = False,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Solve z = f(z) for each sample and attach the chosen gradient.
 
@@ -53,6 +55,12 @@ def fixed_point(
         on_fail: what to do when a sample does not converge: warn (once per call site),
             raise FixedPointError, or ignore. The result is the same in every case.
         trace: record every iterate's residual in `info.trace`.
+        batch_dims: how many leading dims index separate problems ("units"), each with its own
+            residual, stopping and solver state (2 for one unit per token of a (B, T, D) state).
+            f may couple units; the solver never does.
+        prefix_stop: with batch_dims=2, unit (b, t) stops only once units (b, 0..t) have all
+            converged. If unit t of f(z) depends only on units <= t (causal attention), every
+            unit's trajectory is then independent of later units: adaptive depth stays causal.
     Returns:
         z: (B, *S) lowest-residual iterate per sample, finite whenever z0 and f(z0) are;
         info: per-sample iterations, residuals, convergence and status (FixedPointInfo).
@@ -67,7 +75,7 @@ def fixed_point(
     unroll = isinstance(grad, Unroll)
     with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
         z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
-                        min_iter=min_iter, trace=trace)
+                        min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
     if max_iter > 0 and not bool(info.converged.all()):
         report_failure(info, on_fail, "fixed_point")
     if torch.is_grad_enabled() and not unroll and max_iter > 0:

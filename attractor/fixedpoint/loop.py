@@ -60,6 +60,8 @@ class Status(enum.IntEnum):
 class FixedPointInfo:
     """What happened in one call of `fixed_point`, per sample.
 
+    Per-sample fields have shape (B,), or the leading `batch_dims` dims of z0 (e.g. (B, T)).
+
     Attributes:
         iters: (B,) int64 solver steps until the sample stopped (f was evaluated iters + 1 times).
         residual: (B,) float32/64 relative residual ||f(z) - z|| / ||f(z)|| at the returned z.
@@ -127,18 +129,25 @@ def solve(
     max_iter: int,
     min_iter: int = 0,
     trace: bool = False,
+    batch_dims: int = 1,
+    prefix_stop: bool = False,
 ) -> tuple[Tensor, FixedPointInfo]:
     """The solver loop, without gradient attachment (see `fixed_point` for the arguments).
 
     Differentiable end to end when autograd is on (that is the `unroll` mode); otherwise call it
     under `torch.no_grad()`. Returns z (B, *S) in z0's dtype and a FixedPointInfo.
     """
-    if z0.dim() < 1 or z0.shape[0] == 0:
-        raise ValueError(f"z0 must have a batch dimension with at least one sample, got {tuple(z0.shape)}")
+    if not (isinstance(batch_dims, int) and 1 <= batch_dims <= z0.dim()):
+        raise ValueError(f"batch_dims={batch_dims} must be in [1, {z0.dim()}] for z0 of shape {tuple(z0.shape)}")
+    if prefix_stop and batch_dims != 2:
+        raise ValueError("prefix_stop needs batch_dims=2: units (b, t) ordered along dim 1")
+    if z0.shape[0] == 0:
+        raise ValueError(f"z0 must have at least one sample, got shape {tuple(z0.shape)}")
     if not z0.is_floating_point():
         raise ValueError(f"z0 must be a floating-point tensor, got {z0.dtype}")
     work = torch.float64 if z0.dtype == torch.float64 else torch.float32
-    batch, shape = z0.shape[0], z0.shape
+    shape, units = z0.shape, z0.shape[:batch_dims]
+    batch = units.numel()
     no_autocast = _no_autocast(z0.device)
 
     def evaluate(z_flat: Tensor) -> Tensor:
@@ -158,8 +167,17 @@ def solve(
         res = torch.where(finite_start, res, torch.full_like(res, float("inf")))
         best_z, best_fz, best_res, best_gnorm = z, fz, res, gnorm
         iters = torch.zeros(batch, dtype=torch.long, device=z.device)
+
+        def stop_rule(res: Tensor, iters: Tensor) -> Tensor:
+            # Re-evaluated every step: when f couples units, a unit whose residual rises again
+            # as its neighbours move resumes (independent samples never do).
+            stop = ~finite_start | ((res < tol) & (iters >= min_iter))
+            if prefix_stop:  # unit (b, t) stops only once (b, 0..t) have all stopped
+                stop = stop.view(units).cummin(dim=1).values.flatten()
+            return stop
+
         exploded = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        stopped = ~finite_start | ((res < tol) & (min_iter <= 0))
+        stopped = stop_rule(res, iters)
         history = [res] if trace else None
         state = solver.init(z, fz) if max_iter > 0 else None
     n_evals = 1
@@ -194,23 +212,27 @@ def solve(
             best_fz = torch.where(better.unsqueeze(1), fz, best_fz)
             best_res = torch.where(better, res, best_res)
             best_gnorm = torch.where(better, gnorm, best_gnorm)
-            stopped = stopped | (active & (res < tol) & (iters >= min_iter))
+            stopped = stop_rule(res, iters)
             if trace:
                 history.append(res)
 
+    if batch_dims > 1:
+        # Units coupled through f: a per-unit best would mix iterates from different steps,
+        # which is no iterate at all. Return the current one (exact once all have converged).
+        best_z, best_res = z, res
     converged = best_res < tol
     status = torch.full((batch,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
     status[exploded] = int(Status.DIVERGED)
     status[converged] = int(Status.CONVERGED)
     status[~finite_start] = int(Status.NONFINITE_START)
     info = FixedPointInfo(
-        iters=iters,
-        residual=best_res.detach(),
-        converged=converged,
-        status=status,
+        iters=iters.view(units),
+        residual=best_res.detach().view(units),
+        converged=converged.view(units),
+        status=status.view(units),
         n_evals=n_evals,
         tol=tol,
-        trace=torch.stack(history, 1).detach() if trace else None,
+        trace=torch.stack(history, -1).detach().view(*units, -1) if trace else None,
     )
     return best_z.view(shape).to(z0.dtype), info
 

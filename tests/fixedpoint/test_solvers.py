@@ -187,3 +187,38 @@ def test_configured_objects_are_used(gen64):
     _, m1 = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=1), tol=1e-8, max_iter=500)
     _, m8 = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=8), tol=1e-8, max_iter=500)
     assert m8.n_evals < m1.n_evals
+
+
+def causal_linear(batch, t, d, gen):
+    """f(z)_t = sum_{s<=t} A[t, s] z_s + b_t: unit t depends on units <= t only. (B, T, D)."""
+    blocks = torch.randn(t, t, d, d, generator=gen, dtype=torch.float64) * 0.25 / (d * t) ** 0.5
+    blocks = blocks * torch.tril(torch.ones(t, t, dtype=torch.float64))[:, :, None, None]
+    b = torch.randn(batch, t, d, generator=gen, dtype=torch.float64)
+    return (lambda z, b=b: torch.einsum("tsij,bsj->bti", blocks, z) + b), b, blocks
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_prefix_stop_makes_adaptive_depth_exactly_causal(solver, gen64):
+    f, b, blocks = causal_linear(2, 6, 4, gen64)
+    b2 = b.clone()
+    b2[:, -1] += 10.0  # change only the last position's input
+
+    def g(z):
+        return torch.einsum("tsij,bsj->bti", blocks, z) + b2
+
+    kw = dict(solver=solver, tol=1e-6, max_iter=200, batch_dims=2, prefix_stop=True)
+    z1, info1 = fixed_point(f, torch.zeros_like(b), **kw)
+    z2, info2 = fixed_point(g, torch.zeros_like(b), **kw)
+    assert info1.iters.shape == (2, 6) and info1.converged.all() and info2.converged.all()
+    assert torch.equal(z1[:, :-1], z2[:, :-1])  # bit-identical, not merely close
+    assert not torch.equal(z1[:, -1], z2[:, -1])
+    # every position's iteration count is at least that of the positions before it
+    assert (info1.iters.diff(dim=1) >= 0).all()
+
+
+def test_coupled_units_without_prefix_stop_still_reach_a_joint_fixed_point(gen64):
+    f, b, _ = causal_linear(2, 6, 4, gen64)
+    z, info = fixed_point(f, torch.zeros_like(b), solver="anderson", tol=1e-8, max_iter=300, batch_dims=2)
+    assert info.converged.all()
+    from attractor import relative_residual
+    assert (relative_residual(z.flatten(0, 1), f(z).flatten(0, 1)) < 1e-8).all()
