@@ -73,11 +73,15 @@ def fixed_point(
     if not (isinstance(max_iter, int) and isinstance(min_iter, int) and 0 <= min_iter <= max_iter):
         raise ConfigError(f"need integers 0 <= min_iter ({min_iter}) <= max_iter ({max_iter})")
     unroll = isinstance(grad, Unroll)
+    if max_iter == 0:  # nothing to solve: z0 itself, graph included, with its residual reported
+        with torch.no_grad():
+            _, info = solve(f, z0, solver, tol=tol, max_iter=0, batch_dims=batch_dims)
+        return z0, info
     with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
         z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
                         min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
-    if max_iter > 0 and not bool(info.converged.all()):
+    if not bool(info.converged.all()):
         report_failure(info, on_fail, "fixed_point")
-    if torch.is_grad_enabled() and not unroll and max_iter > 0:
+    if torch.is_grad_enabled() and not unroll:
         z = grad.attach(f, z, info)
     return z, info

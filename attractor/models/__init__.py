@@ -1,0 +1,5 @@
+"""Language models built from `attractor.layers.Block`, all returning `ModelOutput`."""
+
+from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
+from attractor.models.base import ModelOutput
+from attractor.models.transformer import TransformerConfig, TransformerLM

@@ -1,0 +1,49 @@
+"""TransformerLM: the standard baseline. Embedding -> n blocks -> norm -> tied unembedding.
+
+Dimension letters: B batch, T sequence, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from attractor.layers import Block, block_flops, init_weights
+from attractor.models.base import ModelOutput, TiedLM, check_tokens
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int = 256  # byte-level by default
+    seq_len: int = 256  # longest sequence the model accepts
+    d: int = 128  # width
+    n_head: int = 4
+    n_layer: int = 5
+
+    def __post_init__(self) -> None:
+        if self.d % self.n_head or (self.d // self.n_head) % 2:
+            raise ValueError(f"d={self.d} must split into n_head={self.n_head} heads of even size")
+        if min(self.vocab_size, self.seq_len, self.n_layer) < 1:
+            raise ValueError("vocab_size, seq_len and n_layer must be >= 1")
+
+
+class TransformerLM(TiedLM):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__(cfg.vocab_size, cfg.d)
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg.d, cfg.n_head) for _ in range(cfg.n_layer))
+        init_weights(self, n_residual=cfg.n_layer)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
+        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
+        h = self.embed(idx)  # (B, T, D)
+        for block in self.blocks:
+            h = block(h)
+        logits, loss = self.decode(h, targets)
+        return ModelOutput(logits=logits, loss=loss)
+
+    def flops_per_token(self, stats: dict | None = None) -> float:
+        """Forward FLOPs per token: blocks plus the unembedding."""
+        c = self.cfg
+        return c.n_layer * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
