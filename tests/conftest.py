@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -68,3 +69,26 @@ class GatedAttentionMap(torch.nn.Module):
 
     def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.block(y + x) - y
+
+
+# Peak-memory probes run in fresh interpreters. CPU tensors have no allocator statistics, so the
+# probe resets the kernel's peak-RSS mark (Linux: /proc/self/clear_refs, "5") just before the
+# measured step and reads VmHWM after it: the step's own peak above the memory already held.
+PEAK_RSS_PRELUDE = '''
+import re
+def _status_kb(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+def reset_peak():
+    open("/proc/self/clear_refs", "w").write("5")
+    return _status_kb("VmRSS")
+def peak_growth_mb(rss_before):
+    return (_status_kb("VmHWM") - rss_before) / 1024
+'''
+
+# glibc moves its mmap threshold with the allocation history, so freed tensors may or may not go
+# back to the OS and identical runs differ by 20 MB. A fixed threshold maps every tensor above
+# 64 kB on its own and unmaps it on free: RSS then follows live tensors.
+PEAK_RSS_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+needs_peak_rss = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+                                    reason="peak-RSS reset needs Linux /proc/self/clear_refs")

@@ -3,3 +3,4 @@
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.base import ModelOutput
 from attractor.models.transformer import TransformerConfig, TransformerLM
+from attractor.models.registry import PRESETS, build, config, describe

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import GatedAttentionMap, spectral_normalised
+from conftest import PEAK_RSS_ENV, PEAK_RSS_PRELUDE, GatedAttentionMap, needs_peak_rss, spectral_normalised
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -202,8 +202,8 @@ def test_value_is_the_solver_answer_in_every_mode():
 
 # ---- memory -----------------------------------------------------------------------------------
 
-PROBE = textwrap.dedent("""
-    import json, resource, sys, torch
+PROBE = PEAK_RSS_PRELUDE + textwrap.dedent("""
+    import json, sys, torch
     from attractor import fixed_point
     mode, max_iter = sys.argv[1], int(sys.argv[2])
     torch.manual_seed(0)
@@ -212,28 +212,25 @@ PROBE = textwrap.dedent("""
     x = torch.randn(batch, n)
     f = lambda z: torch.tanh(z @ w.T + x)
     f(x).sum().backward(); w.grad = None                  # warm up allocator and autograd
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak()
     # tol=0: every sample takes all max_iter steps
     z, info = fixed_point(f, torch.zeros_like(x), grad=mode, tol=0.0, max_iter=max_iter, on_fail="ignore")
     z.square().sum().backward()
     assert int(info.iters.min()) == max_iter
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": peak / 1024, "growth_mb": (peak - before) / 1024}))
+    print(json.dumps(peak_growth_mb(before)))
 """)
 
 
 def peak_growth_mb(mode: str, max_iter: int) -> float:
     """Peak RSS of forward + backward above the warmed-up process, in a fresh interpreter."""
     out = subprocess.run([sys.executable, "-c", PROBE, mode, str(max_iter)], capture_output=True,
-                         text=True, check=True).stdout
-    return json.loads(out)["growth_mb"]
+                         text=True, check=True, env=PEAK_RSS_ENV).stdout
+    return json.loads(out)
 
 
+@needs_peak_rss
 def test_implicit_memory_is_constant_in_iterations():
-    # Peak RSS in fresh interpreters (CPU has no allocator statistics), minus the warmed-up
-    # baseline so that torch's own ~250 MB does not dilute the ratio. Each iterate is 1 MB;
-    # unroll keeps several tensors per iteration (seen here: 138 MB at 4, 428 MB at 16),
-    # implicit keeps none (about 85 MB at both 4 and 64).
+    # Each iterate is 1 MB; unroll keeps several tensors per iteration, implicit none.
     implicit_4, implicit_64 = peak_growth_mb("implicit", 4), peak_growth_mb("implicit", 64)
     assert implicit_64 <= 1.2 * implicit_4, (implicit_4, implicit_64)
     unroll_4, unroll_16 = peak_growth_mb("unroll", 4), peak_growth_mb("unroll", 16)

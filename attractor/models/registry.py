@@ -1,0 +1,126 @@
+"""Model presets by name, `build(name, **overrides)`, and the table `attractor models` prints.
+
+CPU presets are matched in dense parameters within each size (about 1M: d=128, five blocks'
+worth; about 5M: d=256, six), so that comparisons between families mean something. Paper presets
+follow SPEC 2.1 (Fein-Ashley and Rashidinejad 2026, table of model sizes); their transformers
+have the same blocks in one stack, so dense parameters match exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from attractor.errors import ConfigError, check_name
+from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
+from attractor.models.transformer import TransformerConfig, TransformerLM
+
+MODEL_OF: dict[type, type[nn.Module]] = {
+    AttractorLMConfig: AttractorLM,
+    TransformerConfig: TransformerLM,
+}
+PRESETS: dict[str, Callable[[], object]] = {}
+
+
+def preset(fn: Callable[[], object]) -> Callable[[], object]:
+    """Register a config factory under its name with dashes (attractor_1m -> 'attractor-1m')."""
+    PRESETS[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+# ---- CPU scale: byte-level vocabulary, context 256 ------------------------------------------
+
+@preset
+def attractor_1m():  # 4 backbone + 1 attractor block of d=128: 0.98M dense
+    return AttractorLMConfig(d=128, n_head=4, n_backbone=4, n_attractor=1)
+
+
+@preset
+def transformer_1m():  # 5 blocks of d=128, matching attractor-1m
+    return TransformerConfig(d=128, n_head=4, n_layer=5)
+
+
+@preset
+def attractor_5m():  # 5 + 1 blocks of d=256: 4.7M dense
+    return AttractorLMConfig(d=256, n_head=4, n_backbone=5, n_attractor=1)
+
+
+@preset
+def transformer_5m():
+    return TransformerConfig(d=256, n_head=4, n_layer=6)
+
+
+# ---- paper scale (SPEC 2.1): BPE vocabulary 32768, context 2048 -------------------------------
+
+PAPER = dict(vocab_size=32768, seq_len=2048)
+
+
+@preset
+def attractor_140m():  # 7 + 1 blocks, d 1024 / 8 heads, tol 3e-4, iterations 6..64: 134M
+    return AttractorLMConfig(**PAPER, d=1024, n_head=8, n_backbone=7, n_attractor=1, tol=3e-4,
+                             max_iter=64, min_iter=6)
+
+
+@preset
+def transformer_140m():
+    return TransformerConfig(**PAPER, d=1024, n_head=8, n_layer=8)
+
+
+@preset
+def attractor_370m():  # 15 + 2 blocks, d 1280 / 10 heads, tol 2e-4, iterations 8..64
+    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=15, n_attractor=2, tol=2e-4,
+                             max_iter=64, min_iter=8)
+
+
+@preset
+def transformer_370m():
+    return TransformerConfig(**PAPER, d=1280, n_head=10, n_layer=17)
+
+
+@preset
+def attractor_770m():  # 35 + 2 blocks, d 1280 / 10 heads, tol 1.5e-4, iterations 6..32
+    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=35, n_attractor=2, tol=1.5e-4,
+                             max_iter=32, min_iter=6)
+
+
+@preset
+def transformer_770m():
+    return TransformerConfig(**PAPER, d=1280, n_head=10, n_layer=37)
+
+
+def config(name: str, **overrides):
+    """The preset's config with overrides applied; unknown names and keys raise ConfigError."""
+    check_name(name, PRESETS, "model preset")
+    cfg = PRESETS[name]()
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for key in overrides:
+        check_name(key, fields, f"config key for {type(cfg).__name__}")
+    try:
+        return dataclasses.replace(cfg, **overrides)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def build(name: str, **overrides) -> nn.Module:
+    """Build a preset model, e.g. build('attractor-1m', tol=1e-4)."""
+    cfg = config(name, **overrides)
+    return MODEL_OF[type(cfg)](cfg)
+
+
+def describe(name: str) -> dict:
+    """Family, dense and total parameters, and forward FLOPs per token, without allocating.
+
+    flops_base: a forward with no iterations of the recurrent part (the proposal, for an
+    Attractor); flops_per_iter: what each attractor evaluation or loop adds on top (0 for the
+    plain transformer). Realised cost: `model.flops_per_token(output.stats)`.
+    """
+    cfg = config(name)
+    with torch.device("meta"):
+        model = MODEL_OF[type(cfg)](cfg)
+    base = model.flops_per_token({"n_evals": 0, "loops": 0})
+    per_iter = model.flops_per_token({"n_evals": 1, "loops": 1}) - base
+    return {"name": name, "family": type(model).__name__, **model.parameter_counts(),
+            "flops_base": base, "flops_per_iter": per_iter}
