@@ -25,7 +25,7 @@ def run_ranks(tmp_path: Path, world: int, mode: str) -> list[dict[str, torch.Ten
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("mode", ["implicit", "onestep", "phantom", "unroll"])
+@pytest.mark.parametrize("mode", ["implicit", "onestep", "neumann", "phantom", "unroll"])
 def test_ddp_gradients_match_single_process(tmp_path, mode):
     (single,) = run_ranks(tmp_path, 1, mode)
     ranks = run_ranks(tmp_path, 2, mode)
