@@ -17,6 +17,7 @@ from attractor import (
     Picard,
     Status,
     fixed_point,
+    relative_residual,
 )
 
 SOLVER_NAMES = ["picard", "anderson", "broyden"]
@@ -67,31 +68,63 @@ def test_each_sample_stops_on_its_own(solver, gen64):
     torch.testing.assert_close(z[:1], alone, rtol=0, atol=1e-12)
 
 
+def iteration_counts(a, b, solver, scales):
+    counts = []
+    for s in scales:
+        _, info = fixed_point(linear_map(a, s * b), torch.zeros_like(b), solver=solver, tol=1e-4, max_iter=500)
+        assert info.converged.all()
+        counts.append(info.iters)
+    return torch.stack(counts)  # (n_scales, B)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       solver=st.sampled_from(SOLVER_NAMES))
+def test_power_of_two_scaling_leaves_iterations_exactly_unchanged(seed, dtype, solver):
+    # Scaling by 2^k rounds exactly like the unscaled problem, so any absolute constant in the
+    # solver (an absolute ridge, an absolute eps) is the only thing that can change the count.
+    gen = torch.Generator().manual_seed(seed)
+    a, b = contractive_linear(n=48, radius=0.9, batch=3, generator=gen, dtype=dtype)
+    counts = iteration_counts(a, b, solver, [2.0**k for k in (-10, -5, 0, 5, 10)])
+    assert (counts == counts[0]).all(), counts
+
+
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
        solver=st.sampled_from(SOLVER_NAMES))
 def test_iteration_count_does_not_depend_on_scale(seed, dtype, solver):
     gen = torch.Generator().manual_seed(seed)
     a, b = contractive_linear(n=48, radius=0.9, batch=3, generator=gen, dtype=dtype)
-    counts = []
-    for s in (1e-3, 1e-1, 1.0, 1e1, 1e3):
-        _, info = fixed_point(linear_map(a, s * b), torch.zeros_like(b), solver=solver, tol=1e-4, max_iter=500)
-        assert info.converged.all()
-        counts.append(info.iters)
-    spread = torch.stack(counts).max(0).values - torch.stack(counts).min(0).values
-    assert (spread <= 2).all(), counts
+    counts = iteration_counts(a, b, solver, [1e-3, 1e-1, 1.0, 1e1, 1e3])
+    # Decimal scales change float32 rounding, and Broyden's restarts amplify it: over 40 seeds
+    # the worst spread was 3 steps at m=20 (16 at m=8), 0 in float64, and 0 at every
+    # power-of-two scale (the test above), so no absolute constant is involved.
+    slack = 4 if (solver == "broyden" and dtype == torch.float32) else 2
+    assert (counts.max(0).values - counts.min(0).values <= slack).all(), counts
 
 
-@pytest.mark.parametrize("solver", SOLVER_NAMES)
-def test_expanding_map_reports_failure_and_stays_finite(solver, gen64):
+def test_expanding_map_reports_failure_and_stays_finite(gen64):
     a, b = contractive_linear(n=32, radius=1.2, batch=3, generator=gen64, spectrum="positive")
     with pytest.warns(FixedPointWarning):
-        z, info = fixed_point(linear_map(a, b), torch.randn_like(b), solver=solver, tol=1e-6, max_iter=300)
+        z, info = fixed_point(linear_map(a, b), torch.randn_like(b), solver="picard", tol=1e-6, max_iter=300)
     assert not info.converged.any()
     assert torch.isfinite(z).all() and torch.isfinite(info.residual).all()
     assert ((info.status == Status.MAX_ITER) | (info.status == Status.DIVERGED)).all()
     with pytest.raises(FixedPointError, match="did not converge"):
-        fixed_point(linear_map(a, b), torch.randn_like(b), solver=solver, tol=1e-6, max_iter=50, on_fail="raise")
+        fixed_point(linear_map(a, b), torch.randn_like(b), solver="picard", tol=1e-6, max_iter=50, on_fail="raise")
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_accelerated_solvers_report_honestly_on_an_expanding_map(solver, gen64):
+    # z = Az + b with radius 1.2 still has the root z = (I - A)^-1 b, which Anderson or Broyden
+    # may find where Picard cannot. Whatever happens, the report must match the answer.
+    a, b = contractive_linear(n=32, radius=1.2, batch=3, generator=gen64, spectrum="positive")
+    z, info = fixed_point(linear_map(a, b), torch.randn_like(b), solver=solver, tol=1e-6, max_iter=300,
+                          on_fail="ignore")
+    assert torch.isfinite(z).all()
+    actual = relative_residual(z, linear_map(a, b)(z))
+    torch.testing.assert_close(info.residual, actual, rtol=1e-6, atol=1e-12)
+    assert torch.equal(info.converged, actual < 1e-6)
 
 
 def test_blowup_returns_best_iterate(gen64):
@@ -220,5 +253,4 @@ def test_coupled_units_without_prefix_stop_still_reach_a_joint_fixed_point(gen64
     f, b, _ = causal_linear(2, 6, 4, gen64)
     z, info = fixed_point(f, torch.zeros_like(b), solver="anderson", tol=1e-8, max_iter=300, batch_dims=2)
     assert info.converged.all()
-    from attractor import relative_residual
     assert (relative_residual(z.flatten(0, 1), f(z).flatten(0, 1)) < 1e-8).all()
