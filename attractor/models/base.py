@@ -22,7 +22,8 @@ class ModelOutput:
 
     stats keys (AttractorLM, DEQLM): iters (B,) long, steps of the slowest token per sample;
     residual (B,) worst token residual; token_converged (float) fraction of tokens below tol;
-    info, the raw FixedPointInfo. LoopedLM: loops (int), the recurrence depth used.
+    n_evals, evaluations of f over the batch; info, the raw FixedPointInfo.
+    LoopedLM: loops (B,) long, the recurrence depth each sequence ran.
     """
 
     logits: Tensor

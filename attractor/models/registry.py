@@ -16,11 +16,15 @@ from torch import nn
 
 from attractor.errors import ConfigError, check_name
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
+from attractor.models.deq import DEQLM, DEQConfig
+from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF: dict[type, type[nn.Module]] = {
     AttractorLMConfig: AttractorLM,
     TransformerConfig: TransformerLM,
+    LoopedConfig: LoopedLM,
+    DEQConfig: DEQLM,
 }
 PRESETS: dict[str, Callable[[], object]] = {}
 
@@ -44,6 +48,16 @@ def transformer_1m():  # 5 blocks of d=128, matching attractor-1m
 
 
 @preset
+def looped_1m():  # 1 + 3 + 1 blocks and a d x d injection: 1.00M dense; 8 loops on average
+    return LoopedConfig(d=128, n_head=4, n_prelude=1, n_recur=3, n_coda=1)
+
+
+@preset
+def deq_1m():  # 4 prelude + 1 equilibrium block and a separate head: 1.02M dense
+    return DEQConfig(d=128, n_head=4, n_prelude=4, n_deq=1)
+
+
+@preset
 def attractor_5m():  # 5 + 1 blocks of d=256: 4.7M dense
     return AttractorLMConfig(d=256, n_head=4, n_backbone=5, n_attractor=1)
 
@@ -51,6 +65,16 @@ def attractor_5m():  # 5 + 1 blocks of d=256: 4.7M dense
 @preset
 def transformer_5m():
     return TransformerConfig(d=256, n_head=4, n_layer=6)
+
+
+@preset
+def looped_5m():
+    return LoopedConfig(d=256, n_head=4, n_prelude=2, n_recur=2, n_coda=2)
+
+
+@preset
+def deq_5m():
+    return DEQConfig(d=256, n_head=4, n_prelude=5, n_deq=1)
 
 
 # ---- paper scale (SPEC 2.1): BPE vocabulary 32768, context 2048 -------------------------------
@@ -70,6 +94,12 @@ def transformer_140m():
 
 
 @preset
+def looped_140m():  # Parcae's split at this size is not in SPEC: a quarter each for prelude and coda
+    return LoopedConfig(**PAPER, d=1024, n_head=8, n_prelude=2, n_recur=4, n_coda=2, mean_loops=8,
+                        max_loops=16, backprop_loops=4)
+
+
+@preset
 def attractor_370m():  # 15 + 2 blocks, d 1280 / 10 heads, tol 2e-4, iterations 8..64
     return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=15, n_attractor=2, tol=2e-4,
                              max_iter=64, min_iter=8)
@@ -81,6 +111,12 @@ def transformer_370m():
 
 
 @preset
+def looped_370m():
+    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=4, n_recur=9, n_coda=4, mean_loops=8,
+                        max_loops=16, backprop_loops=4)
+
+
+@preset
 def attractor_770m():  # 35 + 2 blocks, d 1280 / 10 heads, tol 1.5e-4, iterations 6..32
     return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=35, n_attractor=2, tol=1.5e-4,
                              max_iter=32, min_iter=6)
@@ -89,6 +125,12 @@ def attractor_770m():  # 35 + 2 blocks, d 1280 / 10 heads, tol 1.5e-4, iteration
 @preset
 def transformer_770m():
     return TransformerConfig(**PAPER, d=1280, n_head=10, n_layer=37)
+
+
+@preset
+def looped_770m():
+    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=9, n_recur=19, n_coda=9, mean_loops=8,
+                        max_loops=16, backprop_loops=4)
 
 
 def config(name: str, **overrides):

@@ -1,0 +1,92 @@
+"""DEQLM: the Attractor paper's DEQ ablation, a hidden-state equilibrium solved from zero.
+
+Fein-Ashley and Rashidinejad, arXiv 2605.12466 (2026), Table 3: "DEQ (hidden-state equilibrium,
+zero init, separate head)" and "+ tied unembedding", after Bai, Kolter and Koltun, "Deep
+Equilibrium Models", arXiv 1909.01377 (2019). Design choices:
+- tied embedding E -> n_prelude plain blocks -> x (B, T, D), the injected input (n_prelude = 0
+  injects the embedding itself, the classic single-stack DEQ);
+- H: n_deq gated blocks (gates as in AttractorLM), weight-tied across iterations;
+- the equilibrium z* = f(z*) of f(z) = H(z + x) - z = x + R(z + x), where R(h) = H(h) - h is
+  the stack's residual branches: the attractor's map with x for c. (z = H(z + x) itself would
+  ask R(z + x) = -x of a map whose Jacobian is I + dR: no contraction, nothing to iterate.)
+  Solved from z0 = 0, the ablation's zero init, not from x;
+- z* is decoded by its own head: an untied Linear(D, V) by default (the "separate head"),
+  or the embedding with tied_head=True;
+- solver, gradient mode and stopping as in AttractorLM: one problem per token with prefix
+  stopping (`stop="token"`) keeps adaptive depth exactly causal; `stop="sample"` per sequence.
+
+Dimension letters: B batch, T sequence, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attractor.layers import Block, block_flops, init_weights
+from attractor.models.base import ModelOutput, TiedLM, check_tokens
+from attractor.models.equilibrium import EquilibriumConfig, EquilibriumStack
+
+
+@dataclass(frozen=True)
+class DEQConfig(EquilibriumConfig):  # plus the solve's fields: gates, solver, tol, grad...
+    vocab_size: int = 256  # byte-level by default
+    seq_len: int = 256  # longest sequence the model accepts
+    d: int = 128  # width
+    n_head: int = 4
+    n_prelude: int = 4  # plain blocks giving the injected input x (0: x is the embedding)
+    n_deq: int = 1  # gated blocks in H, reused at every iteration
+    tied_head: bool = False  # decode with the embedding (True) or a separate head (the ablation)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_width(self.d, self.n_head)
+        if min(self.vocab_size, self.seq_len, self.n_deq) < 1:
+            raise ValueError("vocab_size, seq_len and n_deq must be >= 1")
+        if self.n_prelude < 0:
+            raise ValueError(f"n_prelude={self.n_prelude} must be >= 0")
+
+
+class DEQLM(TiedLM):
+    def __init__(self, cfg: DEQConfig):
+        super().__init__(cfg.vocab_size, cfg.d, tied=cfg.tied_head)
+        self.cfg = cfg
+        self.prelude = nn.ModuleList(Block(cfg.d, cfg.n_head) for _ in range(cfg.n_prelude))
+        self.deq = EquilibriumStack(cfg.d, cfg.n_head, cfg.n_deq, cfg)
+        init_weights(self, n_residual=cfg.n_prelude + cfg.n_deq)
+
+    def inject(self, idx: Tensor) -> Tensor:
+        """The injected input x: (B, T) tokens -> (B, T, D)."""
+        h = self.embed(idx)
+        for block in self.prelude:
+            h = block(h)
+        return h
+
+    def equilibrium_map(self, x: Tensor):
+        """f(z) = H(z + x) - z, the map whose fixed point z* the model decodes."""
+        return self.deq.map(x)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, iters: int | None = None) -> ModelOutput:
+        """Decode the equilibrium (iters=None), or exactly `iters` plain steps from z = 0.
+
+        Args:
+            idx: (B, T) token ids; targets: (B, T) next-token ids, -1 to ignore.
+            iters: None solves to tol (adaptive); k >= 0 applies f exactly k times from z = 0,
+                with the configured gradient mode attached at the result. iters=0 decodes the
+                zero state (uniform logits): defined, but carries no information.
+        Returns:
+            ModelOutput with logits (B, T, V), loss, and stats (see EquilibriumStack.forward).
+        """
+        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
+        x = self.inject(idx)  # (B, T, D)
+        z, stats = self.deq(x, torch.zeros_like(x), iters)  # the ablation's zero start
+        logits, loss = self.decode(z, targets)
+        return ModelOutput(logits=logits, loss=loss, stats=stats)
+
+    def flops_per_token(self, stats: dict | None = None) -> float:
+        """Forward FLOPs per token; with a forward's stats, those of the evaluations it made."""
+        c = self.cfg
+        prelude = c.n_prelude * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
+        return prelude + self.deq.flops_per_token(c.d, c.seq_len, stats)
