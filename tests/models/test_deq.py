@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import pattern_batch, tokens
 
 from attractor.errors import ConfigError
 from attractor.layers import block_flops
@@ -17,30 +18,9 @@ from attractor.models.deq import DEQConfig, DEQLM
 TINY = dict(vocab_size=64, seq_len=16, d=32, n_head=2, n_prelude=1, n_deq=1, max_iter=12, tol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread and lose much when another process has the
-    core (the 50-step tests took 0.4 s on one thread, 1 to 8 s on two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**overrides) -> DEQLM:
     torch.manual_seed(0)
     return DEQLM(DEQConfig(**{**TINY, **overrides}))
-
-
-def tokens(batch: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 64, (batch, 16), generator=torch.Generator().manual_seed(seed))
-
-
-def pattern_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    """A repeated 8-token pattern: inputs (2, 16) and their next tokens."""
-    seq = torch.tensor([3, 17, 42, 5, 9, 60, 23, 11] * 5)
-    rows = torch.stack([seq[0:17], seq[3:20]])
-    return rows[:, :-1], rows[:, 1:]
 
 
 def test_default_config_parameters():
