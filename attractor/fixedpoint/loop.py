@@ -99,8 +99,13 @@ def relative_residual(z: Tensor, fz: Tensor) -> Tensor:
     `tiny` is the dtype's smallest normal number, so the ratio is scale-free for any state.
     """
     dtype = torch.float64 if torch.float64 in (z.dtype, fz.dtype) else torch.float32
-    diff = (fz.to(dtype) - z.to(dtype)).flatten(1).norm(dim=1)
-    return diff / (fz.to(dtype).flatten(1).norm(dim=1) + torch.finfo(dtype).tiny)
+    return _residuals(z.to(dtype).flatten(1), fz.to(dtype).flatten(1))[0]
+
+
+def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    """(relative, absolute) residual norms of flattened (B, N) iterates: both (B,)."""
+    gnorm = (fz - z).norm(dim=1)
+    return gnorm / (fz.norm(dim=1) + torch.finfo(fz.dtype).tiny), gnorm
 
 
 def resolve_solver(solver):
@@ -161,9 +166,8 @@ def solve(
         z = z0.reshape(batch, -1).to(work)
     fz = evaluate(z)
     with no_autocast:
-        res = relative_residual(z, fz)
-        gnorm = (fz - z).norm(dim=1)
-        finite_start = torch.isfinite(fz).all(1) & torch.isfinite(gnorm)
+        res, gnorm = _residuals(z, fz)
+        finite_start = torch.isfinite(gnorm)  # z0 is finite, so this is f(z0) being finite
         res = torch.where(finite_start, res, torch.full_like(res, float("inf")))
         best_z, best_fz, best_res, best_gnorm = z, fz, res, gnorm
         iters = torch.zeros(batch, dtype=torch.long, device=z.device)
@@ -181,37 +185,38 @@ def solve(
         history = [res] if trace else None
         state = solver.init(z, fz) if max_iter > 0 else None
     n_evals = 1
+    # The branches on .any()/.all() below skip whole-batch masking in the common case; they
+    # cost one host sync each, small next to an evaluation of f.
     for _ in range(max_iter):
         if bool(stopped.all()):
             break
         active = ~stopped
         with no_autocast:
             proposal, state = solver.step(z, fz, state)
-            bad = ~torch.isfinite(proposal).all(1)  # a non-finite proposal: plain step instead
-            proposal = torch.where(bad.unsqueeze(1), fz, proposal)
-            state = solver.restart(state, bad)
-            z_new = torch.where(active.unsqueeze(1), proposal, z)
+            bad = ~torch.isfinite(proposal.sum(1))  # a non-finite proposal: plain step instead
+            if bool(bad.any()):
+                proposal = torch.where(bad.unsqueeze(1), fz, proposal)
+                state = solver.restart(state, bad)
+            z_new = proposal if bool(active.all()) else torch.where(active.unsqueeze(1), proposal, z)
         fz_new = evaluate(z_new)
         n_evals += 1
         with no_autocast:
-            res_new = relative_residual(z_new, fz_new)
-            gnorm_new = (fz_new - z_new).norm(dim=1)
-            blowup = ~torch.isfinite(fz_new).all(1) | ~(gnorm_new <= EXPLODE_FACTOR * best_gnorm)
-            blowup = blowup & active
-            # Restart exploding samples from their best iterate, with the solver's memory wiped.
-            back = blowup.unsqueeze(1)
-            z = torch.where(back, best_z, z_new)
-            fz = torch.where(back, best_fz, fz_new)
-            res = torch.where(blowup, best_res, res_new)
-            gnorm = torch.where(blowup, best_gnorm, gnorm_new)
-            state = solver.restart(state, blowup)
-            exploded = exploded | blowup
+            res, gnorm = _residuals(z_new, fz_new)
+            # NaN/inf in f(z) make the norm NaN/inf, which fails the comparison: a blow-up too.
+            blowup = active & ~(gnorm <= EXPLODE_FACTOR * best_gnorm)
+            z, fz = z_new, fz_new
+            if bool(blowup.any()):
+                # Restart exploding samples from their best iterate, with the solver's memory wiped.
+                back = blowup.unsqueeze(1)
+                z, fz = torch.where(back, best_z, z), torch.where(back, best_fz, fz)
+                res, gnorm = torch.where(blowup, best_res, res), torch.where(blowup, best_gnorm, gnorm)
+                state = solver.restart(state, blowup)
+                exploded = exploded | blowup
             iters = iters + active.long()
             better = active & (res < best_res)
-            best_z = torch.where(better.unsqueeze(1), z, best_z)
-            best_fz = torch.where(better.unsqueeze(1), fz, best_fz)
-            best_res = torch.where(better, res, best_res)
-            best_gnorm = torch.where(better, gnorm, best_gnorm)
+            best_res, best_gnorm = torch.where(better, res, best_res), torch.where(better, gnorm, best_gnorm)
+            better = better.unsqueeze(1)
+            best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
             stopped = stop_rule(res, iters)
             if trace:
                 history.append(res)
