@@ -1,4 +1,4 @@
-"""Fixed-point solvers: ours against torchdeq's, on identical maps, in one process.
+"""Fixed-point solvers: ours against torchdeq's on identical maps, and implicit vs unrolled memory.
 
 Every forward solve stops once the worst sample's relative residual ||f(z) - z|| / ||f(z)|| is below
 1e-4 (torchdeq is given stop_mode="rel", whose eps of 1e-9 is negligible at these state scales).
@@ -16,13 +16,16 @@ Four measurements:
       default exact backward (IFT, fixed_point_iter adjoint), both solved to 1e-10, and on the linear
       map both against the exact gradient through torch.linalg.solve.
   (d) Memory of one forward + backward against max_iter, grad="implicit" vs grad="unroll", on the
-      block with tol=0 (every iteration runs): each configuration in a fresh interpreter, peak RSS
-      (ru_maxrss) above a warmed-up baseline, and the bytes autograd saved for backward.
+      block with tol=0 (every iteration runs), each configuration in a fresh interpreter: peak RSS
+      above the warmed-up start (the kernel's high-water mark, reset first), and the distinct
+      tensors autograd saved for backward (parameters and input excluded).
 
 f-evaluations are counted by wrapping f in a counter for both libraries (ours must also agree with
 info.n_evals). Times are medians of several repeats after one warm-up; read the ratios, since absolute
-times drift. The default is one thread: this machine's two vCPUs deliver about one core when both are
-busy, and two-thread OpenMP timings there swing by 10x between repeats (see docs/benchmarks.md).
+times drift. The default is one thread: the 2-core machine is shared with other jobs, and whenever
+one of them holds a core, two-thread OpenMP kernels stall on each other (a loop of 1024 x 1024
+matmuls ran 10 to 40x slower); one thread gives repeatable numbers (see docs/benchmarks.md). The
+load average is printed with each table.
 
 Run:  python -m bench.solvers            full sizes (n = 1024 linear maps)
       python -m bench.solvers --quick    n = 256, fewer repeats; this is `make demo`
@@ -32,10 +35,10 @@ torchdeq is optional (pip install torchdeq==0.1.0): without it, its columns say 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,8 +90,9 @@ QUICK = Sizes(n=256, repeats=3)
 
 
 def env_line(dtype: torch.dtype) -> str:
+    load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (f"env: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"{os.cpu_count()} CPUs, device cpu, {str(dtype).removeprefix('torch.')}, "
+            f"{os.cpu_count()} CPUs{load}, device cpu, {str(dtype).removeprefix('torch.')}, "
             f"torchdeq {TORCHDEQ or 'not installed'}")
 
 
@@ -115,7 +119,7 @@ def print_table(title: str, dtype: torch.dtype, header: list[str], rows: list[li
             str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ) + " |"
 
-    print(f"\n## {title}\n{env_line(dtype)}\n")
+    print(f"\n### {title}\n{env_line(dtype)}\n")
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
@@ -195,7 +199,8 @@ class GatedBlock(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         b, t, d = h.shape
-        q, k, v = self.qkv(self.norm_a(h)).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(self.norm_a(h)).view(b, t, 3, self.n_head, d // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, d / heads)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, d / heads)
         h = h + self.gate_a * self.proj(att.transpose(1, 2).reshape(b, t, d))
         return h + self.gate_m * self.down(F.relu(self.up(self.norm_m(h))).square())
@@ -223,10 +228,11 @@ class Method:
     theirs_kwargs: dict = field(default_factory=dict)
 
 
-METHODS = (
+METHODS = (  # each library's defaults, except Anderson's history: m=5 in both (torchdeq's default is 6)
     Method("picard / fixed_point_iter", Picard(), "fixed_point_iter"),
     Method("anderson m=5", Anderson(m=5), "anderson", {"m": 5}),
-    Method("broyden", Broyden(), "broyden"),
+    # torchdeq keeps every Broyden update (LBFGS_thres defaults to max_iter); ours restarts at m
+    Method(f"broyden (ours m={Broyden().m})", Broyden(), "broyden"),
 )
 
 
@@ -317,8 +323,8 @@ def bench_block(sizes: Sizes) -> None:
         z, _ = attractor.fixed_point(f, x, solver="anderson", tol=1e-6, max_iter=500, on_fail="raise")
     radius = attractor.spectral_radius(f, z, n_iter=40, generator=torch.Generator().manual_seed(SEED))
     rows = compare("gated block", f, x, sizes.block_budget, sizes.repeats)
-    print_table(f"(b) gated block f(z) = H(z + x) - z, d 256, seq 64, batch {BATCH}, 4 heads, tol {TOL:g}, "
-                f"z0 = x, median of {sizes.repeats}", torch.float32, SOLVER_HEADER, rows)
+    print_table(f"(b) gated block f(z) = H(z + x) - z, d 256, seq 64, batch {BATCH}, 4 heads, "
+                f"tol {TOL:g}, z0 = x, median of {sizes.repeats}", torch.float32, SOLVER_HEADER, rows)
     print(f"contraction: spectral radius of df/dz at z* (power iteration) "
           f"{radius.min().item():.2f} to {radius.max().item():.2f} over the batch")
 
@@ -387,8 +393,34 @@ def bench_gradients(sizes: Sizes) -> None:
 # (d) memory of one backward against max_iter
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class PeakRSS:
+    """Peak resident memory inside the `with` block above its start, in MB (Linux; else nan).
+
+    On entry, free heap pages go back to the OS (malloc_trim) and the kernel's high-water mark is
+    reset to the current RSS (/proc/self/clear_refs); on exit the high-water mark VmHWM is read.
+    ru_maxrss cannot be reset, and in a child it can include the parent's RSS from before exec.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        self.mb = float("nan")
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            Path("/proc/self/clear_refs").write_text("5")
+            self.start = self._status_mb("VmRSS")
+        except OSError:
+            self.start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.start is not None:
+            self.mb = self._status_mb("VmHWM") - self.start
+
+    @staticmethod
+    def _status_mb(key: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # reported in kB
+        raise OSError(f"{key} not in /proc/self/status")
 
 
 class SavedTensors:
@@ -418,19 +450,17 @@ class SavedTensors:
 def memory_child(mode: str, max_iter: int) -> None:
     """Runs in a fresh interpreter; prints one JSON line for `bench_memory`."""
     block, x, f = block_map(torch.float32)
-    block(x[:1, :1]).sum().backward()  # warm up kernels and the autograd engine on one token
+    f(x).sum().backward()  # warm up kernels, their buffers and the autograd engine at full size
     block.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        f(x)
-    baseline = peak_rss_mb()
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED + 1))
     saved = SavedTensors(exclude=[*block.parameters(), x])
-    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        z, info = attractor.fixed_point(f, x, solver="picard", grad=mode, tol=0.0, max_iter=max_iter,
-                                        on_fail="ignore")
-    saved_mb = saved.live_mb()
-    w = torch.randn(z.shape, generator=torch.Generator().manual_seed(SEED + 1))
-    (w * z).sum().backward()
-    print(json.dumps({"rss_mb": peak_rss_mb() - baseline, "saved_mb": saved_mb, "n_evals": info.n_evals}))
+    with PeakRSS() as peak:
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            z, info = attractor.fixed_point(f, x, solver="picard", grad=mode, tol=0.0, max_iter=max_iter,
+                                            on_fail="ignore")
+        saved_mb = saved.live_mb()
+        (w * z).sum().backward()
+    print(json.dumps({"rss_mb": peak.mb, "saved_mb": saved_mb, "n_evals": info.n_evals}))
 
 
 def bench_memory(sizes: Sizes) -> None:
@@ -440,8 +470,10 @@ def bench_memory(sizes: Sizes) -> None:
         for k in MEMORY_ITERS:
             cmd = [sys.executable, "-m", "bench.solvers", "--memory-child", f"{mode}:{k}",
                    "--threads", str(torch.get_num_threads())]
-            out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True).stdout
-            results[mode, k] = json.loads(out.strip().splitlines()[-1])
+            child = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+            if child.returncode != 0:
+                raise RuntimeError(f"memory child {mode}:{k} failed:\n{child.stderr[-2000:]}")
+            results[mode, k] = json.loads(child.stdout.strip().splitlines()[-1])
 
     def cell(mode, k, key):
         value, first = results[mode, k][key], results[mode, MEMORY_ITERS[0]][key]
@@ -468,7 +500,7 @@ def bench_memory(sizes: Sizes) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.solvers", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller linear maps, fewer repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "mode:max_iter", internal
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -479,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
-    print(f"bench.solvers{' --quick' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M')}; {code_line()}")
+    command = "python -m bench.solvers" + (" --quick" if args.quick else "")
+    print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}")
     for part in (bench_linear, bench_block, bench_gradients, bench_memory):
         part_start = time.perf_counter()
         part(sizes)

@@ -6,8 +6,9 @@ iterate), so each solver here is the mathematics and nothing more.
 
 Every solver works on flattened samples: z and fz arrive as (B, N) tensors in the solver dtype
 (float32, or float64 when the problem is float64). State tensors never mix samples, so a sample's
-trajectory is the same whether it is solved alone or in a batch. Updates are out-of-place so that
-`grad="unroll"` can backpropagate through any solver.
+trajectory is the same whether it is solved alone or in a batch. History buffers are written in
+place, except while autograd records (grad="unroll"), so that unroll can backpropagate through
+any solver.
 
 Protocol (duck-typed):
     init(z, fz) -> state
@@ -27,6 +28,13 @@ from torch import Tensor
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
+
+
+def _store(history: Tensor, slot: Tensor, value: Tensor) -> Tensor:
+    """history[:, slot] = value: in place when no graph is recorded, else out of place (unroll)."""
+    if torch.is_grad_enabled():
+        return history.index_copy(1, slot, value.unsqueeze(1))
+    return history.index_copy_(1, slot, value.unsqueeze(1))
 
 
 def _small_solve_dtype(t: Tensor) -> torch.dtype:
@@ -99,8 +107,7 @@ class Anderson:
     def step(self, z: Tensor, fz: Tensor, state: AndersonState) -> tuple[Tensor, AndersonState]:
         slot = torch.tensor([state.count % self.m], device=z.device)
         g = fz - z  # (B, N)
-        z_hist = state.z_hist.index_copy(1, slot, z.unsqueeze(1))
-        g_hist = state.g_hist.index_copy(1, slot, g.unsqueeze(1))
+        z_hist, g_hist = _store(state.z_hist, slot, z), _store(state.g_hist, slot, g)
         valid = state.valid.index_fill(1, slot, True)
         row = torch.bmm(g_hist, g.unsqueeze(-1))  # (B, m, 1): <g_i, g> for every slot
         gram = state.gram.index_copy(2, slot, row).index_copy(1, slot, row.transpose(1, 2))
@@ -198,8 +205,7 @@ class Broyden:
             if count == self.m:  # memory full: restart from -I
                 u, v, count = torch.zeros_like(u), torch.zeros_like(v), 0
             slot = torch.tensor([count], device=z.device)
-            u = u.index_copy(1, slot, new_u.unsqueeze(1))
-            v = v.index_copy(1, slot, new_v.unsqueeze(1))
+            u, v = _store(u, slot, new_u), _store(v, slot, new_v)
             count += 1
         z_next = z - self._inv_jac(u, v, g)
         has_prev = torch.ones_like(state.has_prev)
