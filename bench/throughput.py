@@ -1,0 +1,228 @@
+"""Training throughput: tokens/s and achieved GFLOP/s of the three model families, against fp32 peak.
+
+TransformerLM, AttractorLM (default adaptive solve: Anderson m=5, tol 1e-3 per token, at most 32
+steps, one-step gradient; Fein-Ashley and Rashidinejad 2026, arXiv 2605.12466; a second row
+"attractor-min6" adds the published 140M model's floor of 6 solver steps, because at
+initialisation the default solve stops after about 2) and LoopedLM
+(Parcae-style, Prairie et al. 2026, arXiv 2604.12946: training mode, depth 1 + Poisson(7) per
+sequence clamped to 16, backprop through the last 4 loops) at matched dense size (bench.common:
+d 192, 4 heads, seven blocks' worth, ~3.1M dense parameters), batch 16 x 256 uniformly random
+byte tokens (vocabulary 256; no text corpus is involved, so the models stay near initialisation
+and the Attractor's iteration counts are those of an untrained map).
+
+The models take turns, one training step (forward, backward, AdamW step) each per round, on
+identical batches: a few warm-up rounds, then the median over N rounds. The matmul peak is the
+median GFLOP/s of a 2048 x 2048 x 2048 fp32 matmul at the same thread count, timed before and
+after the models in the same run; the better of the two is the reference.
+
+FLOPs per training step, two ways:
+  3 x fwd      the usual convention: 3 x the realised forward FLOPs (model.flops_per_token with
+               the step's stats: the solver's f-evaluations, the sampled loop depths).
+  fwd + 2 x bp forward FLOPs actually executed (the Attractor's one extra differentiable
+               evaluation included) plus 2 x the part that is backpropagated. For the Attractor
+               (one-step gradient) that part is the backbone, one evaluation of f and the head;
+               for LoopedLM the prelude, at most 4 loops per sequence, the coda and the head.
+               The convention overstates both iterated models, whose no-grad iterations cost 1x.
+
+Threads default to 1, as in bench.solvers: the 2-core machine is shared, and two-thread kernels
+stall whenever another job holds a core; --threads 2 measures both cores.
+
+Run:  python -m bench.throughput            3 warm-up rounds, median of 10
+      python -m bench.throughput --quick    1 warm-up round, median of 3 (~1 minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.common import (
+    SEED,
+    attractor_lm,
+    batches,
+    code_line,
+    looped_lm,
+    median,
+    optimizer,
+    print_table,
+    seeded,
+    timed,
+    train_step,
+    transformer,
+)
+
+BATCH, SEQ = 16, 256
+TOKENS = BATCH * SEQ
+MATMUL_N = 2048
+
+
+@dataclass(frozen=True)
+class Sizes:
+    warmup: int  # rounds before timing
+    steps: int  # timed rounds
+    matmul_repeats: int
+
+
+FULL = Sizes(warmup=3, steps=10, matmul_repeats=10)
+QUICK = Sizes(warmup=1, steps=3, matmul_repeats=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak
+
+
+def matmul_gflops(repeats: int) -> float:
+    """Median GFLOP/s of an n x n x n fp32 matmul (2 n^3 FLOPs), after 3 warm-up calls."""
+    gen = torch.Generator().manual_seed(SEED)
+    a = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+    b = torch.randn(MATMUL_N, MATMUL_N, generator=gen)
+    for _ in range(3):
+        a @ b
+    seconds = median([timed(lambda: a @ b)[0] for _ in range(repeats)])
+    return 2 * MATMUL_N**3 / seconds / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs of one training step
+
+
+def step_flops(name: str, model: nn.Module, stats: dict) -> tuple[float, float]:
+    """(3 x forward FLOPs, forward executed + 2 x backpropagated FLOPs) of one step, whole batch."""
+    fwd = model.flops_per_token(stats)
+    if name == "transformer":
+        executed, backprop = fwd, fwd
+    elif name.startswith("attractor"):  # the solver's evaluations, then one differentiable one (onestep)
+        executed = model.flops_per_token({"n_evals": stats["n_evals"] + 1})
+        backprop = model.flops_per_token({"n_evals": 1})
+    else:  # looped: only each sequence's last backprop_loops loops are differentiated
+        executed = fwd
+        backprop = model.flops_per_token({"loops": stats["loops"].clamp(max=model.cfg.backprop_loops)})
+    return 3 * fwd * TOKENS, (executed + 2 * backprop) * TOKENS
+
+
+def depth(name: str, stats: dict) -> float:
+    """Iterations of the step: the solver's f-evaluations, or the mean sampled loop depth."""
+    if name.startswith("attractor"):
+        return stats["n_evals"]
+    if name == "looped":
+        return stats["loops"].float().mean().item()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement and report
+
+
+def models() -> dict[str, nn.Module]:
+    return {
+        "transformer": seeded(transformer),
+        "attractor": seeded(attractor_lm),  # preset defaults: tol 1e-3, max_iter 32, onestep
+        # the published 140M setting's floor (SPEC 2.1): at initialisation the solve above stops
+        # after ~2 steps, so this row shows the cost at a paper-like depth
+        "attractor-min6": seeded(lambda: attractor_lm(min_iter=6)),
+        "looped": seeded(looped_lm),  # defaults: mean 8, max 16, backprop_loops 4
+    }
+
+
+def measure(sizes: Sizes) -> dict:
+    """Round-robin training steps; per model lists of step seconds, FLOPs and depths."""
+    nets = models()
+    opts = {k: optimizer(m) for k, m in nets.items()}
+    for m in nets.values():
+        m.train()
+    rec = {k: {"seconds": [], "flops3": [], "flops_bp": [], "depth": [], "converged": []} for k in nets}
+    for i, (x, y) in enumerate(batches(sizes.warmup + sizes.steps, BATCH, SEQ)):
+        for name, model in nets.items():
+            seconds, out = timed(lambda: train_step(model, opts[name], x, y))
+            if i < sizes.warmup:
+                continue
+            f3, fbp = step_flops(name, model, out.stats)
+            r = rec[name]
+            r["seconds"].append(seconds)
+            r["flops3"].append(f3)
+            r["flops_bp"].append(fbp)
+            r["depth"].append(depth(name, out.stats))
+            r["converged"].append(out.stats.get("token_converged", float("nan")))
+        if i >= sizes.warmup:
+            print(f"  round {i - sizes.warmup + 1}/{sizes.steps}: " + ", ".join(
+                f"{k} {rec[k]['seconds'][-1]:.2f} s" for k in nets), flush=True)
+    return {"nets": nets, "rec": rec}
+
+
+def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> None:
+    rows = []
+    for name, model in nets.items():
+        c = model.parameter_counts()
+        cfg = model.cfg
+        if name == "transformer":
+            desc = f"{cfg.n_layer} blocks"
+        elif name.startswith("attractor"):
+            desc = (f"{cfg.n_backbone} + {cfg.n_attractor} blocks, {cfg.solver} m={cfg.anderson_m}, "
+                    f"tol {cfg.tol:g}, iterations {cfg.min_iter}..{cfg.max_iter}, grad {cfg.grad}")
+        else:
+            desc = (f"{cfg.n_prelude} + {cfg.n_recur} + {cfg.n_coda} blocks, depth 1 + Poisson("
+                    f"{cfg.mean_loops - 1}) <= {cfg.max_loops}, backprop last {cfg.backprop_loops}")
+        rows.append([name, type(model).__name__, desc, f"{c['dense']:,}", f"{c['total']:,}"])
+    print_table(f"Models (d 192, 4 heads), batch {BATCH} x seq {SEQ}, random byte tokens",
+                ["name", "class", "configuration", "dense params", "total params"], rows, left=3)
+
+    peak = max(peaks)
+    base = TOKENS / median(rec["transformer"]["seconds"])
+    rows = []
+    for name in nets:
+        r = rec[name]
+        step = median(r["seconds"])
+        g3 = median([f / s / 1e9 for f, s in zip(r["flops3"], r["seconds"])])
+        gbp = median([f / s / 1e9 for f, s in zip(r["flops_bp"], r["seconds"])])
+        d = median(r["depth"])
+        if name == "transformer":
+            iters = "-"
+        else:
+            iters = f"{d:.0f} f-evals" if name.startswith("attractor") else f"{d:.1f} loops"
+        mflop = median(r["flops3"]) / TOKENS / 1e6
+        rows.append([name, iters, f"{step:.2f}", f"{TOKENS / step:,.0f}", f"{mflop:.0f}",
+                     f"{g3:.0f}", f"{g3 / peak:.2f}", f"{gbp:.0f}", f"{gbp / peak:.2f}",
+                     f"{TOKENS / step / base:.2f}"])
+    print_table(f"Training throughput: median of {sizes.steps} steps after {sizes.warmup} warm-up, models "
+                f"taking turns; fp32 matmul peak {peak:.0f} GFLOP/s ({MATMUL_N}^3, before {peaks[0]:.0f} / "
+                f"after {peaks[1]:.0f})",
+                ["model", "iterations (median)", "s / step", "tokens/s", "3 x fwd MFLOP/token",
+                 "GFLOP/s (3 x fwd)", "of peak", "GFLOP/s (fwd + 2 x bp)", "of peak",
+                 "tokens/s vs transformer"], rows)
+    for name in nets:
+        r = rec[name]
+        if name.startswith("attractor"):
+            print(f"{name}: f-evaluations per timed step {min(r['depth']):.0f} to {max(r['depth']):.0f} "
+                  f"(at most {nets[name].cfg.max_iter + 1}); tokens converged to tol "
+                  f"{min(r['converged']):.3f} to {max(r['converged']):.3f}")
+        elif name == "looped":
+            print(f"looped: mean sampled depth per timed step {min(r['depth']):.1f} to {max(r['depth']):.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 warm-up round, median of 3")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    sizes = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    command = "python -m bench.throughput" + (" --quick" if args.quick else "") + \
+        (f" --threads {args.threads}" if args.threads != 1 else "")
+    print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
+    before = matmul_gflops(sizes.matmul_repeats)
+    print(f"  matmul before: {before:.0f} GFLOP/s", flush=True)
+    result = measure(sizes)
+    after = matmul_gflops(sizes.matmul_repeats)
+    print(f"  matmul after: {after:.0f} GFLOP/s", flush=True)
+    report(sizes, result["nets"], result["rec"], (before, after))
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
