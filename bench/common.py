@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import statistics
+import weakref
 import subprocess
 import sys
 import time
@@ -173,3 +174,27 @@ def print_table(title: str, header: list[str], rows: list[list[object]], left: i
     for row in cells:
         print(line(row))
     sys.stdout.flush()
+
+
+class SavedTensors:
+    """saved_tensors_hooks that remember what autograd saved, to total the distinct storages alive."""
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self.refs: list[weakref.ref] = []
+        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        self.refs.append(weakref.ref(t))
+        return t
+
+    @staticmethod
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def live_mb(self) -> float:
+        storages = {}
+        for ref in self.refs:
+            t = ref()
+            if t is not None and t.untyped_storage().data_ptr() not in self.exclude:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(storages.values()) / 2**20

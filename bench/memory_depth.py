@@ -46,13 +46,13 @@ import os
 import subprocess
 import sys
 import time
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from bench.common import (
+    SavedTensors,
     PEAK_RSS_ENV,
     ROOT,
     SEED,
@@ -127,30 +127,6 @@ def counts(kind: str, out, iters: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Memory: one fresh interpreter per configuration
-
-
-class SavedTensors:
-    """saved_tensors_hooks that remember what autograd saved, to total the distinct storages alive."""
-
-    def __init__(self, exclude: list[torch.Tensor]):
-        self.refs: list[weakref.ref] = []
-        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        self.refs.append(weakref.ref(t))
-        return t
-
-    @staticmethod
-    def unpack(t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def live_mb(self) -> float:
-        storages = {}
-        for ref in self.refs:
-            t = ref()
-            if t is not None and t.untyped_storage().data_ptr() not in self.exclude:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return sum(storages.values()) / 2**20
 
 
 def memory_child(kind: str, iters: int, batch: int) -> dict:

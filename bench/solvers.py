@@ -43,7 +43,6 @@ import statistics
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch import Tensor, nn
 
 import attractor
 from attractor import Anderson, Broyden, Implicit, Picard
+from bench.common import SavedTensors
 
 try:
     from importlib.metadata import version
@@ -421,30 +421,6 @@ class PeakRSS:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024  # reported in kB
         raise OSError(f"{key} not in /proc/self/status")
-
-
-class SavedTensors:
-    """saved_tensors_hooks that remember what autograd saved, to total the distinct storages alive."""
-
-    def __init__(self, exclude: list[Tensor]):
-        self.refs: list[weakref.ref] = []
-        self.exclude = {t.untyped_storage().data_ptr() for t in exclude}
-
-    def pack(self, t: Tensor) -> Tensor:
-        self.refs.append(weakref.ref(t))
-        return t
-
-    @staticmethod
-    def unpack(t: Tensor) -> Tensor:
-        return t
-
-    def live_mb(self) -> float:
-        storages = {}
-        for ref in self.refs:
-            t = ref()
-            if t is not None and t.untyped_storage().data_ptr() not in self.exclude:
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return sum(storages.values()) / 2**20
 
 
 def memory_child(mode: str, max_iter: int) -> None:
