@@ -254,3 +254,11 @@ def test_coupled_units_without_prefix_stop_still_reach_a_joint_fixed_point(gen64
     z, info = fixed_point(f, torch.zeros_like(b), solver="anderson", tol=1e-8, max_iter=300, batch_dims=2)
     assert info.converged.all()
     assert (relative_residual(z.flatten(0, 1), f(z).flatten(0, 1)) < 1e-8).all()
+
+
+@pytest.mark.parametrize("solver", [Anderson(m=3, beta=0.5), Picard(damping=0.7), Broyden(m=4)])
+def test_configured_solvers_reach_the_exact_solution(solver, gen64):
+    a, b = contractive_linear(n=32, radius=0.9, batch=3, generator=gen64)
+    z, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=solver, tol=1e-12, max_iter=3000)
+    assert info.converged.all()
+    torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-9, atol=0)
