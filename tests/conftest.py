@@ -119,3 +119,17 @@ def pattern_batch() -> tuple[torch.Tensor, torch.Tensor]:
     seq = torch.tensor([3, 17, 42, 5, 9, 60, 23, 11] * 5)
     rows = torch.stack([seq[0:17], seq[3:20]])
     return rows[:, :-1], rows[:, 1:]
+
+
+def train_losses(model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tensor, steps: int = 50,
+                 lr: float = 3e-3) -> list[float]:
+    """Train with AdamW on one batch and return the loss at every step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(idx, targets).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import train_losses
 
 from attractor.models import AttractorLM, AttractorLMConfig, TransformerConfig, TransformerLM
 
@@ -95,14 +96,7 @@ def test_loss_falls_on_a_repetitive_sequence(family):
     else:
         model = TransformerLM(TransformerConfig(**TINY, n_layer=3))
     data = torch.arange(8).repeat(3)[None, :17].repeat(4, 1)  # period-8 pattern
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(50):
-        loss = model(data[:, :-1], data[:, 1:]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, data[:, :-1], data[:, 1:])
     assert losses[-1] < 0.2 * losses[0], losses[::10]
 
 

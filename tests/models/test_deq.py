@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import pattern_batch, tokens
+from conftest import pattern_batch, tokens, train_losses
 
 from attractor.errors import ConfigError
 from attractor.layers import block_flops
@@ -108,14 +108,7 @@ def test_training_step_reaches_every_parameter(tied_head):
 def test_loss_falls_on_a_repeated_pattern(grad):
     model = tiny(grad=grad, max_iter=8, tol=1e-3).train()
     idx, targets = pattern_batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(50):
-        loss = model(idx, targets).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, idx, targets)
     # log(64) = 4.16 at the start; a memorisable pattern should fall far below it
     assert losses[0] > 3.5 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses[::10]
 

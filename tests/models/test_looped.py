@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import pattern_batch, tokens
+from conftest import pattern_batch, tokens, train_losses
 
 from attractor.layers import block_flops, rms_norm
 from attractor.models.looped import LoopedConfig, LoopedLM
@@ -73,14 +73,7 @@ def test_training_step_reaches_every_parameter():
 def test_loss_falls_on_a_repeated_pattern():
     model = tiny().train()
     idx, targets = pattern_batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(50):
-        loss = model(idx, targets).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, idx, targets)
     # log(64) = 4.16 at the start; a memorisable pattern should fall far below it
     assert losses[0] > 3.5 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses[::10]
     decay = model.decay()
