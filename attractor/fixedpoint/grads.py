@@ -27,12 +27,7 @@ import torch
 from torch import Tensor
 
 from attractor.fixedpoint.loop import report_failure, resolve_solver, solve
-from attractor.fixedpoint.solvers import Anderson
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+from attractor.fixedpoint.solvers import Anderson, _require
 
 
 def _graft(z_star: Tensor, y: Tensor) -> Tensor:

@@ -80,6 +80,7 @@ def deq_5m():
 # ---- paper scale (SPEC 2.1): BPE vocabulary 32768, context 2048 -------------------------------
 
 PAPER = dict(vocab_size=32768, seq_len=2048)
+PARCAE = dict(mean_loops=8, max_loops=16, backprop_loops=4)  # SPEC 2.1: mean depth 8, backprop ~4
 
 
 @preset
@@ -95,8 +96,7 @@ def transformer_140m():
 
 @preset
 def looped_140m():  # Parcae's split at this size is not in SPEC: a quarter each for prelude and coda
-    return LoopedConfig(**PAPER, d=1024, n_head=8, n_prelude=2, n_recur=4, n_coda=2, mean_loops=8,
-                        max_loops=16, backprop_loops=4)
+    return LoopedConfig(**PAPER, d=1024, n_head=8, n_prelude=2, n_recur=4, n_coda=2, **PARCAE)
 
 
 @preset
@@ -112,8 +112,7 @@ def transformer_370m():
 
 @preset
 def looped_370m():
-    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=4, n_recur=9, n_coda=4, mean_loops=8,
-                        max_loops=16, backprop_loops=4)
+    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=4, n_recur=9, n_coda=4, **PARCAE)
 
 
 @preset
@@ -129,8 +128,7 @@ def transformer_770m():
 
 @preset
 def looped_770m():
-    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=9, n_recur=19, n_coda=9, mean_loops=8,
-                        max_loops=16, backprop_loops=4)
+    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=9, n_recur=19, n_coda=9, **PARCAE)
 
 
 def config(name: str, **overrides):
