@@ -1,8 +1,17 @@
-"""Language models built from `attractor.layers.Block`, all returning `ModelOutput`."""
+"""Language models built from `attractor.layers.Block`, all keeping one contract (models/base.py)."""
 
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
-from attractor.models.base import ModelOutput
+from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup
 from attractor.models.deq import DEQConfig, DEQLM
+from attractor.models.equilibrium import EquilibriumStack, SolveConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.transformer import TransformerConfig, TransformerLM
-from attractor.models.registry import PRESETS, build, config, describe
+from attractor.models.registry import (
+    PRESETS,
+    build,
+    config,
+    config_from_dict,
+    config_to_dict,
+    describe,
+    from_config,
+)

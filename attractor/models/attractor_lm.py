@@ -7,9 +7,9 @@ arXiv 2605.12466 (2026). Design choices:
   gamma_max starting at gate_init; output projections start non-zero (else f is constant);
 - f(y; c) = H(y + c) - y (additive injection of c at every step), solved from y0 = c;
 - decode norm(y*) with the tied unembedding;
-- one problem per token (`stop="token"`): each position has its own residual, solver state and
+- one problem per token (`solve.stop="token"`): each position has its own residual, solver state and
   stopping, and stops only once every earlier position has (prefix stopping), so adaptive depth
-  keeps the model exactly causal. `stop="sample"` is the paper's per-sequence rule.
+  keeps the model exactly causal. `solve.stop="sample"` is the paper's per-sequence rule.
 
 Dimension letters: B batch, T sequence, D width, V vocabulary.
 """
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
-from attractor.models.base import ModelOutput, TiedLM, check_tokens
+from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
 from attractor.models.equilibrium import EquilibriumConfig, EquilibriumStack
+from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class AttractorLMConfig(EquilibriumConfig):  # plus the solve's fields: gates, solver, tol, grad...
+class AttractorLMConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult and solve
     vocab_size: int = 256  # byte-level by default
     seq_len: int = 256  # longest sequence the model accepts
     d: int = 128  # width
@@ -36,9 +37,9 @@ class AttractorLMConfig(EquilibriumConfig):  # plus the solve's fields: gates, s
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_width(self.d, self.n_head)
-        if min(self.vocab_size, self.seq_len, self.n_backbone, self.n_attractor) < 1:
-            raise ValueError("vocab_size, seq_len, n_backbone and n_attractor must be >= 1")
+        check_width(self.d, self.n_head)
+        require(min(self.vocab_size, self.seq_len, self.n_backbone, self.n_attractor) >= 1,
+                "vocab_size, seq_len, n_backbone and n_attractor must be >= 1")
 
 
 class AttractorLM(TiedLM):
@@ -60,24 +61,33 @@ class AttractorLM(TiedLM):
         """f(y) = H(y + c) - y, the map whose fixed point the model decodes."""
         return self.attractor.map(c)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, iters: int | None = None) -> ModelOutput:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         """Decode the fixed point (iters=None), the proposal (0), or exactly `iters` plain steps.
 
         Args:
-            idx: (B, T) token ids; targets: (B, T) next-token ids, -1 to ignore.
+            idx: (B, T) token ids; targets: (B, T) next-token ids, -100 to ignore.
             iters: None solves to tol (adaptive); k >= 0 applies f exactly k times from c, with
                 the configured gradient mode attached at the result.
         Returns:
-            ModelOutput with logits (B, T, V), loss, and stats (see EquilibriumStack.forward).
+            ModelOutput: logits (B, T, V), loss, depth, n_evals, converged, info.
         """
-        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
+        check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
+        check_depth(iters, "AttractorLM")
         c = self.propose(idx)  # (B, T, D)
-        y, stats = self.attractor(c, c, iters)  # injection c, start y0 = c
+        y, report = self.attractor(c, c, iters)  # injection c, start y0 = c
         logits, loss = self.decode(y, targets)
-        return ModelOutput(logits=logits, loss=loss, stats=stats)
+        return ModelOutput(logits, loss, **report._asdict())
 
-    def flops_per_token(self, stats: dict | None = None) -> float:
-        """Forward FLOPs per token; with a forward's stats, those of the evaluations it made."""
+    def param_groups(self) -> list[ParamGroup]:
+        """Embedding (AdamW, no decay); backbone matrices (Muon); the attractor's matrices and
+        gates (AdamW at lr_mult, gates without decay), as in SPEC 2.1."""
+        return [*self.embedding_groups(), *block_groups("backbone", self.backbone),
+                *block_groups("attractor", self.attractor, "adamw", self.cfg.lr_mult)]
+
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per token: of a forward's evaluations (its ModelOutput, or a number of
+        evaluations of f), or of the worst case, max_iter + 1 evaluations (None)."""
         c = self.cfg
         backbone = c.n_backbone * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
-        return backbone + self.attractor.flops_per_token(c.d, c.seq_len, stats)
+        n_evals = out.n_evals if isinstance(out, ModelOutput) else out
+        return backbone + self.attractor.flops_per_token(c.d, c.seq_len, n_evals)

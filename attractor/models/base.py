@@ -1,4 +1,11 @@
-"""What every language model here shares: the output type, the tied embedding and head, counts.
+"""What every language model here shares: the output type, input checks, the tied embedding and
+head, the loss, parameter counts and optimiser groups.
+
+The contract every family keeps, so one trainer and one evaluation serve them all:
+    model(idx, targets=None, *, iters=None) -> ModelOutput
+`iters` is the depth knob of the recurrent families (None: their own rule, adaptive or sampled;
+k: exactly k evaluations or loops); `TransformerLM` has no depth and refuses one. Targets use
+PyTorch's ignore value -100; `model.param_groups()` labels every parameter once.
 
 Dense parameters are those that take part in matrix multiplies (blocks, injections, an untied
 head); the embedding table is a lookup and is left out, even when the unembedding is tied to it.
@@ -8,27 +15,99 @@ large lookup tables, so the published Attractor had about twice their dense para
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attractor.fixedpoint import FixedPointInfo
 from attractor.layers import rms_norm
+from attractor.schema import require
+
+IGNORE_INDEX = -100  # targets with this value take no part in the loss (PyTorch's, HF's default)
 
 
 @dataclass
 class ModelOutput:
-    """logits (B, T, V); loss (scalar) when targets were given; solver statistics, if any.
+    """What a forward returns, the same fields for every family.
 
-    stats keys (AttractorLM, DEQLM): iters (B,) long, steps of the slowest token per sample;
-    residual (B,) worst token residual; token_converged (float) fraction of tokens below tol;
-    n_evals, evaluations of f over the batch; info, the raw FixedPointInfo.
-    LoopedLM: loops (B,) long, the recurrence depth each sequence ran.
+    Attributes:
+        logits: (B, T, V) float32.
+        loss: scalar mean cross-entropy over the targets that are not IGNORE_INDEX (0 with zero
+            gradient when all are ignored); None without targets.
+        depth: (B,) int64, solver steps of each sequence's slowest token (equilibrium models) or
+            loops each sequence ran (LoopedLM); None for the transformer.
+        n_evals: evaluations of the recurrent map (or loops) run over the batch; 0 for the
+            transformer. Every evaluation costs the whole batch, so this sets the realised FLOPs.
+        converged: 0-d float tensor, fraction of tokens whose residual fell below tol (adaptive
+            solves only; None otherwise). A tensor, not a float: reading it syncs the device.
+        info: the solve's per-token (or per-sequence) FixedPointInfo, None without a solve.
     """
 
     logits: Tensor
     loss: Tensor | None = None
-    stats: dict = field(default_factory=dict)
+    depth: Tensor | None = None
+    n_evals: int = 0
+    converged: Tensor | None = None
+    info: FixedPointInfo | None = None
+
+
+@dataclass
+class ParamGroup:
+    """Parameters an optimiser should treat alike, labelled by the model that owns them.
+
+    The trainer maps `optimizer` to an optimiser, multiplies its base learning rate by `lr_mult`
+    and its base weight decay by `wd_mult`, and never matches parameter names itself.
+    """
+
+    name: str  # what the parameters are: "matrices", "embedding", "gates", "attractor", ...
+    params: list[nn.Parameter]
+    optimizer: Literal["muon", "adamw"]  # Muon only for 2-D hidden matrices
+    lr_mult: float = 1.0
+    wd_mult: float = 1.0
+
+
+def check_batch(idx: Tensor, targets: Tensor | None, vocab_size: int, seq_len: int) -> None:
+    """Raise ValueError for token ids or targets a model cannot take.
+
+    idx: (B, T) integer ids in [0, vocab_size), 1 <= T <= seq_len, B >= 1; targets: None or
+    (B, T) integer ids in [0, vocab_size) or IGNORE_INDEX. One device sync for both range checks.
+    """
+    if idx.dim() != 2:
+        raise ValueError(f"tokens must be (B, T), got shape {tuple(idx.shape)}")
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+        raise ValueError(f"tokens must be an integer tensor, got {idx.dtype}")
+    if idx.shape[0] == 0 or idx.shape[1] == 0:
+        raise ValueError(f"need at least one sequence of at least one token, got shape {tuple(idx.shape)}")
+    if idx.shape[1] > seq_len:
+        raise ValueError(f"sequence length {idx.shape[1]} exceeds the model's seq_len {seq_len}")
+    bad = ((idx < 0) | (idx >= vocab_size)).any()
+    if targets is not None:
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets must have the tokens' shape {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
+        bad_targets = ((targets < 0) & (targets != IGNORE_INDEX)) | (targets >= vocab_size)
+        bad = bad | bad_targets.any()
+    if bool(bad):
+        if bool(((idx < 0) | (idx >= vocab_size)).any()):
+            raise ValueError(f"token ids must be in [0, {vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+        wrong = targets[bad_targets].unique()[:5].tolist()
+        raise ValueError(f"targets must be in [0, {vocab_size}) or {IGNORE_INDEX} (ignored), got {wrong}")
+
+
+def check_width(d: int, n_head: int) -> None:
+    """d must split into n_head heads of even size (rotary embeddings rotate pairs)."""
+    require(d >= 1 and n_head >= 1 and d % n_head == 0 and (d // n_head) % 2 == 0,
+            f"d={d} must split into n_head={n_head} heads of even size")
+
+
+def check_depth(iters, family: str) -> None:
+    """iters must be None or an int >= 0 (bools and floats are refused)."""
+    if iters is not None and (isinstance(iters, bool) or not isinstance(iters, int) or iters < 0):
+        raise ValueError(f"{family}: iters={iters!r} must be None or an int >= 0")
 
 
 class TiedLM(nn.Module):
@@ -40,23 +119,36 @@ class TiedLM(nn.Module):
         self.head = None if tied else nn.Linear(d, vocab_size, bias=False)
 
     def decode(self, h: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """(B, T, D) -> logits (B, T, V) in float32, and the mean cross-entropy if targets."""
+        """(B, T, D) -> logits (B, T, V) in float32, and the loss if targets (see ModelOutput)."""
         weight = self.embed.weight if self.head is None else self.head.weight
         logits = F.linear(rms_norm(h), weight).float()
         if targets is None:
             return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        # Sum over kept targets, divided by at least 1: an all-ignored batch gives 0 (with a zero
+        # gradient) where the mean reduction would give 0 / 0 = NaN.
+        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        return logits, total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     def parameter_counts(self) -> dict[str, int]:
         """{'total': all parameters, 'dense': all but the embedding lookup table}."""
         total = sum(p.numel() for p in self.parameters())
         return {"total": total, "dense": total - self.embed.weight.numel()}
 
+    def embedding_groups(self) -> list[ParamGroup]:
+        """The embedding (and an untied head): AdamW, no weight decay on the lookup table."""
+        groups = [ParamGroup("embedding", [self.embed.weight], "adamw", wd_mult=0.0)]
+        if self.head is not None:
+            groups.append(ParamGroup("head", [self.head.weight], "adamw"))
+        return groups
 
-def check_tokens(idx: Tensor, vocab_size: int, seq_len: int) -> None:
-    if idx.dim() != 2:
-        raise ValueError(f"tokens must be (B, T), got shape {tuple(idx.shape)}")
-    if idx.shape[1] > seq_len:
-        raise ValueError(f"sequence length {idx.shape[1]} exceeds the model's seq_len {seq_len}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+
+def block_groups(name: str, blocks: nn.Module, optimizer: Literal["muon", "adamw"] = "muon",
+                 lr_mult: float = 1.0) -> list[ParamGroup]:
+    """A stack of blocks split into its 2-D matrices and its gates (AdamW, no weight decay)."""
+    matrices = [p for p in blocks.parameters() if p.dim() == 2]
+    vectors = [p for p in blocks.parameters() if p.dim() != 2]
+    groups = [ParamGroup(name, matrices, optimizer, lr_mult=lr_mult)] if matrices else []
+    if vectors:
+        groups.append(ParamGroup(f"{name}.gates", vectors, "adamw", lr_mult=lr_mult, wd_mult=0.0))
+    return groups

@@ -26,12 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
-from attractor.models.base import ModelOutput, TiedLM, check_tokens
+from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
 from attractor.models.equilibrium import EquilibriumConfig, EquilibriumStack
+from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class DEQConfig(EquilibriumConfig):  # plus the solve's fields: gates, solver, tol, grad...
+class DEQConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult and solve
     vocab_size: int = 256  # byte-level by default
     seq_len: int = 256  # longest sequence the model accepts
     d: int = 128  # width
@@ -42,11 +43,9 @@ class DEQConfig(EquilibriumConfig):  # plus the solve's fields: gates, solver, t
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_width(self.d, self.n_head)
-        if min(self.vocab_size, self.seq_len, self.n_deq) < 1:
-            raise ValueError("vocab_size, seq_len and n_deq must be >= 1")
-        if self.n_prelude < 0:
-            raise ValueError(f"n_prelude={self.n_prelude} must be >= 0")
+        check_width(self.d, self.n_head)
+        require(min(self.vocab_size, self.seq_len, self.n_deq) >= 1, "vocab_size, seq_len and n_deq must be >= 1")
+        require(self.n_prelude >= 0, f"n_prelude={self.n_prelude} must be >= 0")
 
 
 class DEQLM(TiedLM):
@@ -68,25 +67,34 @@ class DEQLM(TiedLM):
         """f(z) = H(z + x) - z, the map whose fixed point z* the model decodes."""
         return self.deq.map(x)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, iters: int | None = None) -> ModelOutput:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         """Decode the equilibrium (iters=None), or exactly `iters` plain steps from z = 0.
 
         Args:
-            idx: (B, T) token ids; targets: (B, T) next-token ids, -1 to ignore.
+            idx: (B, T) token ids; targets: (B, T) next-token ids, -100 to ignore.
             iters: None solves to tol (adaptive); k >= 0 applies f exactly k times from z = 0,
                 with the configured gradient mode attached at the result. iters=0 decodes the
                 zero state (uniform logits): defined, but carries no information.
         Returns:
-            ModelOutput with logits (B, T, V), loss, and stats (see EquilibriumStack.forward).
+            ModelOutput: logits (B, T, V), loss, depth, n_evals, converged, info.
         """
-        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
+        check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
+        check_depth(iters, "DEQLM")
         x = self.inject(idx)  # (B, T, D)
-        z, stats = self.deq(x, torch.zeros_like(x), iters)  # the ablation's zero start
+        z, report = self.deq(x, torch.zeros_like(x), iters)  # the ablation's zero start
         logits, loss = self.decode(z, targets)
-        return ModelOutput(logits=logits, loss=loss, stats=stats)
+        return ModelOutput(logits, loss, **report._asdict())
 
-    def flops_per_token(self, stats: dict | None = None) -> float:
-        """Forward FLOPs per token; with a forward's stats, those of the evaluations it made."""
+    def param_groups(self) -> list[ParamGroup]:
+        """Embedding and head (AdamW); prelude matrices (Muon); the equilibrium stack's matrices
+        and gates (AdamW at lr_mult, as the attractor's)."""
+        return [*self.embedding_groups(), *block_groups("prelude", self.prelude),
+                *block_groups("equilibrium", self.deq, "adamw", self.cfg.lr_mult)]
+
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per token: of a forward's evaluations (its ModelOutput, or a number of
+        evaluations of f), or of the worst case, max_iter + 1 evaluations (None)."""
         c = self.cfg
         prelude = c.n_prelude * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
-        return prelude + self.deq.flops_per_token(c.d, c.seq_len, stats)
+        n_evals = out.n_evals if isinstance(out, ModelOutput) else out
+        return prelude + self.deq.flops_per_token(c.d, c.seq_len, n_evals)

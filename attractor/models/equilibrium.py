@@ -1,77 +1,111 @@
-"""The part AttractorLM and DEQLM share: a gated, weight-tied stack H solved to a fixed point.
+"""The part AttractorLM, DEQLM and the reasoners share: a gated, weight-tied stack H solved to a
+fixed point, and the configuration of that solve.
 
 With an injection x (B, T, D), the map is f(y) = H(y + x) - y = x + R(y + x), R(h) = H(h) - h
 being the stack's residual branches, and its fixed point is found by `fixed_point` from a start
-the model chooses (the proposal c for an Attractor, zero for a DEQ). Configuration fields that
-describe the solve live in `EquilibriumConfig`, which both model configs extend.
+the model chooses (the proposal c for an Attractor, zero for a DEQ, the carried state for a
+reasoner). The stack is causal (language models: prefix stopping keeps adaptive depth exactly
+causal) or bidirectional (puzzles: every position sees every other).
+
+`SolveConfig` holds the solver and gradient-mode objects themselves, so every option of Picard,
+Anderson, Broyden, Implicit, Neumann and Phantom is reachable from a model config, and it
+serialises them with a name tag: a config round-trips through JSON exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from attractor.errors import check_name
-from attractor.fixedpoint import GRADS, SOLVERS, Anderson, Implicit, Neumann, Phantom, Unroll, fixed_point
+from attractor.fixedpoint import (
+    Anderson,
+    Broyden,
+    FixedPointInfo,
+    Implicit,
+    Neumann,
+    OneStep,
+    Phantom,
+    Picard,
+    Unroll,
+    fixed_point,
+    grad_from_dict,
+    grad_to_dict,
+    solver_from_dict,
+    solver_to_dict,
+)
 from attractor.layers import Block, block_flops
+from attractor.schema import check_fields, require
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """How an equilibrium model finds its fixed point and differentiates through it.
+
+    `solver` and `grad` take a configured object (`Anderson(m=3, beta=0.8)`), a registry name
+    ('picard') or a dict with a name tag ({"name": "anderson", "m": 3}); they are stored as objects.
+    """
+
+    solver: Picard | Anderson | Broyden = field(default_factory=Anderson)  # paper: Anderson m=5
+    grad: Implicit | OneStep | Neumann | Phantom | Unroll = field(default_factory=OneStep)  # paper LM: one-step
+    tol: float = 1e-3  # relative residual at which a token (or sequence) stops
+    max_iter: int = 32  # most solver steps
+    min_iter: int = 0  # fewest solver steps
+    stop: Literal["token", "sample"] = "token"  # unit of convergence and stopping
+
+    def __post_init__(self) -> None:
+        if isinstance(self.solver, (str, dict)):
+            object.__setattr__(self, "solver", solver_from_dict(self.solver))
+        if isinstance(self.grad, (str, dict)):
+            object.__setattr__(self, "grad", grad_from_dict(self.grad))
+        check_fields(self)
+        require(self.tol >= 0, f"SolveConfig.tol={self.tol} must be >= 0")
+        require(0 <= self.min_iter <= self.max_iter,
+                f"SolveConfig: need 0 <= min_iter ({self.min_iter}) <= max_iter ({self.max_iter})")
+
+    def to_dict(self) -> dict:
+        """JSON-safe form; `schema.from_dict(SolveConfig, d)` rebuilds it exactly."""
+        return {"solver": solver_to_dict(self.solver), "grad": grad_to_dict(self.grad), "tol": self.tol,
+                "max_iter": self.max_iter, "min_iter": self.min_iter, "stop": self.stop}
 
 
 @dataclass(frozen=True)
 class EquilibriumConfig:
+    """Fields every model with an equilibrium stack shares (its own config extends this)."""
+
     gate_init: float = 0.5  # initial residual-gate value of H's blocks (paper: 0.5 to 0.75)
     gamma_max: float = 1.0  # gates live in (0, gamma_max)
-    solver: str = "anderson"  # picard | anderson | broyden
-    anderson_m: int = 5  # Anderson history (paper: 5)
-    tol: float = 1e-3  # relative residual at which a token (or sample) stops
-    max_iter: int = 32  # most solver steps
-    min_iter: int = 0  # fewest solver steps
-    stop: Literal["token", "sample"] = "token"  # unit of convergence and stopping
-    grad: str = "onestep"  # implicit | onestep | neumann | phantom | unroll (paper LM: onestep)
-    grad_k: int = 2  # phantom steps, or neumann terms
-    phantom_damping: float = 0.5
-    implicit_tol: float = 1e-4  # adjoint tolerance for grad="implicit"
+    lr_mult: float = 0.5  # learning-rate multiplier of H's parameters (SPEC 2.1: 0.4 to 0.5)
+    solve: SolveConfig = field(default_factory=SolveConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gate_init < self.gamma_max <= 1.0:
-            raise ValueError(f"need 0 < gate_init ({self.gate_init}) < gamma_max ({self.gamma_max}) <= 1")
-        check_name(self.solver, SOLVERS, "solver")
-        check_name(self.grad, GRADS, "gradient mode")
-        check_name(self.stop, ("token", "sample"), "stop rule")
-        if not self.tol >= 0:
-            raise ValueError(f"tol={self.tol} must be >= 0")
-        if not 0 <= self.min_iter <= self.max_iter:
-            raise ValueError(f"need 0 <= min_iter ({self.min_iter}) <= max_iter ({self.max_iter})")
-        solver_and_grad(self)  # the solver's and gradient mode's own range checks, now
-
-    def check_width(self, d: int, n_head: int) -> None:
-        if d % n_head or (d // n_head) % 2:
-            raise ValueError(f"d={d} must split into n_head={n_head} heads of even size")
+        check_fields(self)
+        require(0.0 < self.gate_init < self.gamma_max <= 1.0,
+                f"need 0 < gate_init ({self.gate_init}) < gamma_max ({self.gamma_max}) <= 1")
+        require(self.lr_mult > 0, f"lr_mult={self.lr_mult} must be > 0")
 
 
-def solver_and_grad(cfg: EquilibriumConfig) -> tuple[object, object]:
-    """The configured solver and gradient-mode objects."""
-    solver = Anderson(m=cfg.anderson_m) if cfg.solver == "anderson" else SOLVERS[cfg.solver]()
-    grad = {
-        "implicit": lambda: Implicit(tol=cfg.implicit_tol),
-        "neumann": lambda: Neumann(k=cfg.grad_k),
-        "phantom": lambda: Phantom(k=cfg.grad_k, damping=cfg.phantom_damping),
-    }.get(cfg.grad, GRADS[cfg.grad])()
-    return solver, grad
+class SolveReport(NamedTuple):
+    """The solve's part of a ModelOutput (same field names)."""
+
+    depth: Tensor  # (B,) int64 steps of each sequence's slowest token
+    n_evals: int  # evaluations of f over the batch
+    converged: Tensor | None  # 0-d fraction of tokens below tol (adaptive solves only)
+    info: FixedPointInfo | None
 
 
 class EquilibriumStack(nn.Module):
     """n gated blocks H, reused at every iteration, and the solve of y = H(y + x) - y."""
 
-    def __init__(self, d: int, n_head: int, n_blocks: int, cfg: EquilibriumConfig):
+    def __init__(self, d: int, n_head: int, n_blocks: int, cfg: EquilibriumConfig, causal: bool = True):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.causal = cfg, causal
         self.blocks = nn.ModuleList(
-            Block(d, n_head, gate_init=cfg.gate_init, gamma_max=cfg.gamma_max) for _ in range(n_blocks)
+            Block(d, n_head, causal=causal, gate_init=cfg.gate_init, gamma_max=cfg.gamma_max)
+            for _ in range(n_blocks)
         )
-        self.solver, self.grad = solver_and_grad(cfg)
 
     def map(self, x: Tensor):
         """f(y) = H(y + x) - y for the injection x (B, T, D)."""
@@ -84,46 +118,41 @@ class EquilibriumStack(nn.Module):
 
         return f
 
-    def forward(self, x: Tensor, y0: Tensor, iters: int | None) -> tuple[Tensor, dict]:
+    def forward(self, x: Tensor, y0: Tensor, iters: int | None) -> tuple[Tensor, SolveReport]:
         """Solve from y0 (iters=None), or apply f exactly `iters` times with the gradient attached.
 
         Args:
             x: (B, T, D) injection; y0: (B, T, D) start.
             iters: None solves to tol; k >= 0 takes k plain steps (0 returns y0 itself).
         Returns:
-            y (B, T, D) and stats: iters (B,) steps of the slowest token per sequence, residual (B,)
-            worst token residual, token_converged (fraction of tokens below tol), n_evals
-            (evaluations of f over the batch) and info (the FixedPointInfo); fixed depth: iters
-            and n_evals only.
+            y (B, T, D) and the SolveReport. With stop="token" every position is its own problem;
+            in a causal stack a position stops only once every earlier one has (prefix stopping),
+            so adaptive depth stays exactly causal; bidirectionally positions stop on their own.
         """
-        cfg, f = self.cfg, self.map(x)
+        solve, f = self.cfg.solve, self.map(x)
         if iters is None:
-            per_token = cfg.stop == "token"
-            y, info = fixed_point(f, y0, solver=self.solver, grad=self.grad, tol=cfg.tol,
-                                  max_iter=cfg.max_iter, min_iter=cfg.min_iter, on_fail="ignore",
-                                  batch_dims=2 if per_token else 1, prefix_stop=per_token)
-            per_sample = (lambda t: t.flatten(1).max(1).values) if per_token else (lambda t: t)
-            return y, {"iters": per_sample(info.iters), "residual": per_sample(info.residual),
-                       "token_converged": info.converged.float().mean().item(),
-                       "n_evals": info.n_evals, "info": info}
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"iters={iters!r} must be None or an int >= 0")
+            per_token = solve.stop == "token"
+            y, info = fixed_point(f, y0, solver=solve.solver, grad=solve.grad, tol=solve.tol,
+                                  max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore",
+                                  batch_dims=2 if per_token else 1, prefix_stop=per_token and self.causal)
+            depth = info.iters.flatten(1).max(1).values if per_token else info.iters
+            return y, SolveReport(depth, info.n_evals, info.converged.float().mean(), info)
         y = y0
         if iters > 0:
-            unroll = isinstance(self.grad, Unroll)
+            unroll = isinstance(solve.grad, Unroll)
             with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
                 for _ in range(iters):
                     y = f(y)
             if torch.is_grad_enabled() and not unroll:
-                y = self.grad.attach(f, y)
-        stats = {"iters": torch.full((x.shape[0],), iters, dtype=torch.long, device=x.device), "n_evals": iters}
-        return y, stats
+                y = solve.grad.attach(f, y)
+        depth = torch.full((x.shape[0],), iters, dtype=torch.long, device=x.device)
+        return y, SolveReport(depth, iters, None, None)
 
-    def flops_per_token(self, d: int, seq_len: int, stats: dict | None) -> float:
-        """FLOPs per token of the evaluations a forward made (worst case without stats).
+    def flops_per_token(self, d: int, seq_len: int, n_evals: float | None) -> float:
+        """FLOPs per token of `n_evals` evaluations of f (max_iter + 1, the worst case, if None).
 
         Every evaluation runs the whole batch through H, so the realised cost is set by the
         batch's n_evals, not by the average token.
         """
-        evals = self.cfg.max_iter + 1 if stats is None else stats["n_evals"]
-        return evals * len(self.blocks) * block_flops(d, seq_len)
+        evals = self.cfg.solve.max_iter + 1 if n_evals is None else n_evals
+        return evals * len(self.blocks) * block_flops(d, seq_len, causal=self.causal)

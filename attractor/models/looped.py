@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights, rms_norm
-from attractor.models.base import ModelOutput, TiedLM, check_tokens
+from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
+from attractor.schema import check_fields, require
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,16 @@ class LoopedConfig:
     seed: int = 0  # seeds the training-depth sampler
 
     def __post_init__(self) -> None:
-        if self.d % self.n_head or (self.d // self.n_head) % 2:
-            raise ValueError(f"d={self.d} must split into n_head={self.n_head} heads of even size")
-        if min(self.vocab_size, self.seq_len, self.n_recur) < 1:
-            raise ValueError("vocab_size, seq_len and n_recur must be >= 1")
-        if min(self.n_prelude, self.n_coda) < 0:
-            raise ValueError(f"n_prelude={self.n_prelude} and n_coda={self.n_coda} must be >= 0")
-        if not 1 <= self.mean_loops <= self.max_loops:
-            raise ValueError(f"need 1 <= mean_loops ({self.mean_loops}) <= max_loops ({self.max_loops})")
-        if self.backprop_loops is not None and self.backprop_loops < 1:
-            raise ValueError(f"backprop_loops={self.backprop_loops} must be None (all) or >= 1")
-        if not 0.0 < self.decay_init < 1.0:
-            raise ValueError(f"decay_init={self.decay_init} must be in (0, 1)")
+        check_fields(self)
+        check_width(self.d, self.n_head)
+        require(min(self.vocab_size, self.seq_len, self.n_recur) >= 1, "vocab_size, seq_len and n_recur must be >= 1")
+        require(min(self.n_prelude, self.n_coda) >= 0,
+                f"n_prelude={self.n_prelude} and n_coda={self.n_coda} must be >= 0")
+        require(1 <= self.mean_loops <= self.max_loops,
+                f"need 1 <= mean_loops ({self.mean_loops}) <= max_loops ({self.max_loops})")
+        require(self.backprop_loops is None or self.backprop_loops >= 1,
+                f"backprop_loops={self.backprop_loops} must be None (all) or >= 1")
+        require(0.0 < self.decay_init < 1.0, f"decay_init={self.decay_init} must be in (0, 1)")
 
 
 class LoopedLM(TiedLM):
@@ -84,19 +83,25 @@ class LoopedLM(TiedLM):
         """Per-channel state decay exp(-exp(a)), in (0, 1): (D,)."""
         return torch.exp(-torch.exp(self.a))
 
-    def depths(self, batch: int, loops: int | None = None) -> Tensor:
+    def depths(self, batch: int, iters: int | None = None) -> Tensor:
         """Recurrence depth per sequence, (B,) int64 on the CPU.
 
         Poisson-sampled (1 + Poisson(mean_loops - 1), clamped to max_loops) in training mode
-        without `loops`; otherwise `loops`, or mean_loops, for every sequence.
+        without `iters`; otherwise `iters`, or mean_loops, for every sequence.
         """
         c = self.cfg
-        if loops is None and self.training:
+        if iters is None and self.training:
             rate = torch.full((batch,), float(c.mean_loops - 1))
             return (1 + torch.poisson(rate, generator=self.depth_rng)).clamp(max=c.max_loops).long()
-        if loops is not None and (isinstance(loops, bool) or not isinstance(loops, int) or loops < 0):
-            raise ValueError(f"loops={loops!r} must be None or an int >= 0")
-        return torch.full((batch,), c.mean_loops if loops is None else loops, dtype=torch.long)
+        return torch.full((batch,), c.mean_loops if iters is None else iters, dtype=torch.long)
+
+    def get_extra_state(self) -> Tensor:
+        """The depth sampler's state, saved in state_dict so that a resumed run draws the same
+        depths as an uninterrupted one (a uint8 tensor, storable by safetensors)."""
+        return self.depth_rng.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.depth_rng.set_state(state)
 
     def step(self, s: Tensor, u: Tensor) -> Tensor:
         """One loop: s <- R(decay * s + u), with u = inject(norm(e)). (B, T, D) -> (B, T, D)."""
@@ -121,18 +126,19 @@ class LoopedLM(TiedLM):
                     s = s.index_copy(0, rows, self.step(s[rows], u[rows]))
         return s
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, loops: int | None = None) -> ModelOutput:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         """Decode after the loop: Poisson depth per sequence (training), or a fixed depth.
 
         Args:
-            idx: (B, T) token ids; targets: (B, T) next-token ids, -1 to ignore.
-            loops: None samples depths in training mode and uses mean_loops in eval mode; k >= 0
+            idx: (B, T) token ids; targets: (B, T) next-token ids, -100 to ignore.
+            iters: None samples depths in training mode and uses mean_loops in eval mode; k >= 0
                 runs exactly k loops for every sequence (0 decodes the coda of a zero state).
         Returns:
-            ModelOutput with logits (B, T, V), loss, and stats {"loops": (B,) int64 depths}.
+            ModelOutput: logits (B, T, V), loss, depth (B,) loops per sequence, n_evals loops run.
         """
-        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
-        depth = self.depths(idx.shape[0], loops)
+        check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
+        check_depth(iters, "LoopedLM")
+        depth = self.depths(idx.shape[0], iters)
         e = self.embed(idx)  # (B, T, D)
         for block in self.prelude:
             e = block(e)
@@ -140,19 +146,28 @@ class LoopedLM(TiedLM):
         for block in self.coda:
             s = block(s)
         logits, loss = self.decode(s, targets)
-        return ModelOutput(logits=logits, loss=loss, stats={"loops": depth})
+        return ModelOutput(logits, loss, depth=depth.to(idx.device), n_evals=int(depth.max()))
 
-    def flops_per_token(self, stats: dict | None = None) -> float:
-        """Forward FLOPs per token; with stats, at their mean depth (mean_loops without).
+    def param_groups(self) -> list[ParamGroup]:
+        """Embedding (AdamW, no decay); the blocks' matrices (Muon); the injection and the decay
+        parameters (AdamW, no weight decay: Parcae exempts its injection, and decay toward 0
+        would push a = log(-log(decay)) and so the decay itself)."""
+        blocks = nn.ModuleList([*self.prelude, *self.recur, *self.coda])
+        return [*self.embedding_groups(), *block_groups("blocks", blocks),
+                ParamGroup("injection", [self.inject.weight, self.a], "adamw", wd_mult=0.0)]
 
-        stats["loops"] is a forward's (B,) depths or a plain number. Only started sequences are
-        computed, so the realised cost is the mean depth over the batch. The injection matmul
-        runs once per forward, as does the unembedding.
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per token at a forward's mean depth (its ModelOutput, or a number of
+        loops), or at mean_loops (None).
+
+        Only started sequences are computed, so the realised cost is the mean depth over the
+        batch. The injection matmul runs once per forward, as does the unembedding.
         """
         c = self.cfg
-        loops = c.mean_loops if stats is None else stats["loops"]
-        if isinstance(loops, Tensor):
-            loops = loops.float().mean().item()
+        if isinstance(out, ModelOutput):
+            loops = out.depth.float().mean().item()
+        else:
+            loops = c.mean_loops if out is None else out
         block = block_flops(c.d, c.seq_len)
         fixed = (c.n_prelude + c.n_coda) * block + 2 * c.d * c.d + 2 * c.d * c.vocab_size
         return fixed + loops * c.n_recur * block

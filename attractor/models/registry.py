@@ -14,9 +14,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from attractor import schema
 from attractor.errors import ConfigError, check_name
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.deq import DEQLM, DEQConfig
+from attractor.models.equilibrium import SolveConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.transformer import TransformerConfig, TransformerLM
 
@@ -26,6 +28,8 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     LoopedConfig: LoopedLM,
     DEQConfig: DEQLM,
 }
+FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
+                             "looped": LoopedConfig, "deq": DEQConfig}  # the tag saved with a config
 PRESETS: dict[str, Callable[[], object]] = {}
 
 
@@ -85,8 +89,8 @@ PARCAE = dict(mean_loops=8, max_loops=16, backprop_loops=4)  # SPEC 2.1: mean de
 
 @preset
 def attractor_140m():  # 7 + 1 blocks, d 1024 / 8 heads, tol 3e-4, iterations 6..64: 134M
-    return AttractorLMConfig(**PAPER, d=1024, n_head=8, n_backbone=7, n_attractor=1, tol=3e-4,
-                             max_iter=64, min_iter=6)
+    return AttractorLMConfig(**PAPER, d=1024, n_head=8, n_backbone=7, n_attractor=1,
+                             solve=SolveConfig(tol=3e-4, max_iter=64, min_iter=6))
 
 
 @preset
@@ -101,8 +105,8 @@ def looped_140m():  # Parcae's split at this size is not in SPEC: a quarter each
 
 @preset
 def attractor_370m():  # 15 + 2 blocks, d 1280 / 10 heads, tol 2e-4, iterations 8..64
-    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=15, n_attractor=2, tol=2e-4,
-                             max_iter=64, min_iter=8)
+    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=15, n_attractor=2,
+                             solve=SolveConfig(tol=2e-4, max_iter=64, min_iter=8))
 
 
 @preset
@@ -117,8 +121,8 @@ def looped_370m():
 
 @preset
 def attractor_770m():  # 35 + 2 blocks, d 1280 / 10 heads, tol 1.5e-4, iterations 6..32
-    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=35, n_attractor=2, tol=1.5e-4,
-                             max_iter=32, min_iter=6)
+    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=35, n_attractor=2,
+                             solve=SolveConfig(tol=1.5e-4, max_iter=32, min_iter=6))
 
 
 @preset
@@ -132,22 +136,53 @@ def looped_770m():
 
 
 def config(name: str, **overrides):
-    """The preset's config with overrides applied; unknown names and keys raise ConfigError."""
+    """The preset's config with overrides applied.
+
+    Keys are config fields (`d=256`), dotted paths into nested configs
+    (`**{"solve.solver.m": 3}`), or, for equilibrium models, the solve's own fields directly
+    (`tol=1e-4`, `solver="picard"`, `grad=Phantom(k=3)`). Unknown names and keys, and values of
+    the wrong type or range, raise ConfigError naming the field.
+    """
     check_name(name, PRESETS, "model preset")
     cfg = PRESETS[name]()
     fields = {f.name for f in dataclasses.fields(cfg)}
-    for key in overrides:
-        check_name(key, fields, f"config key for {type(cfg).__name__}")
-    try:
-        return dataclasses.replace(cfg, **overrides)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{name}: {err}") from err
+    solve_fields = {f.name for f in dataclasses.fields(SolveConfig)} if "solve" in fields else set()
+    for key, value in overrides.items():
+        head = key.partition(".")[0]
+        path = f"solve.{key}" if head not in fields and head in solve_fields else key
+        try:
+            cfg = schema.override(cfg, path, value)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {key}={value!r}: {err}") from None
+    return cfg
 
 
 def build(name: str, **overrides) -> nn.Module:
-    """Build a preset model, e.g. build('attractor-1m', tol=1e-4)."""
-    cfg = config(name, **overrides)
+    """Build a preset model, e.g. build('attractor-1m', tol=1e-4); see `config` for the keys."""
+    return from_config(config(name, **overrides))
+
+
+def from_config(cfg) -> nn.Module:
+    """The model a config describes (any family's config object)."""
     return MODEL_OF[type(cfg)](cfg)
+
+
+def config_to_dict(cfg) -> dict:
+    """A model config as JSON-safe data with its family tag: {"family": "attractor", ...}."""
+    family = next(tag for tag, cls in FAMILIES.items() if type(cfg) is cls)
+    return {"family": family, **schema.to_dict(cfg)}
+
+
+def config_from_dict(data: dict):
+    """The config `config_to_dict` wrote, exactly; unknown families and keys raise ConfigError."""
+    if not isinstance(data, dict) or "family" not in data:
+        raise ConfigError("a model config must be a mapping with a 'family' key")
+    data = dict(data)
+    family = data.pop("family")
+    check_name(family, FAMILIES, "model family")
+    return schema.from_dict(FAMILIES[family], data)
 
 
 def describe(name: str) -> dict:
@@ -155,12 +190,12 @@ def describe(name: str) -> dict:
 
     flops_base: a forward with no iterations of the recurrent part (the proposal, for an
     Attractor); flops_per_iter: what each attractor evaluation or loop adds on top (0 for the
-    plain transformer). Realised cost: `model.flops_per_token(output.stats)`.
+    plain transformer). Realised cost: `model.flops_per_token(output)`.
     """
     cfg = config(name)
     with torch.device("meta"):
         model = MODEL_OF[type(cfg)](cfg)
-    base = model.flops_per_token({"n_evals": 0, "loops": 0})
-    per_iter = model.flops_per_token({"n_evals": 1, "loops": 1}) - base
+    base = model.flops_per_token(0)
+    per_iter = model.flops_per_token(1) - base
     return {"name": name, "family": type(model).__name__, **model.parameter_counts(),
             "flops_base": base, "flops_per_iter": per_iter}

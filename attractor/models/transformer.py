@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
-from attractor.models.base import ModelOutput, TiedLM, check_tokens
+from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_width
+from attractor.schema import check_fields, require
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,9 @@ class TransformerConfig:
     n_layer: int = 5
 
     def __post_init__(self) -> None:
-        if self.d % self.n_head or (self.d // self.n_head) % 2:
-            raise ValueError(f"d={self.d} must split into n_head={self.n_head} heads of even size")
-        if min(self.vocab_size, self.seq_len, self.n_layer) < 1:
-            raise ValueError("vocab_size, seq_len and n_layer must be >= 1")
+        check_fields(self)
+        check_width(self.d, self.n_head)
+        require(min(self.vocab_size, self.seq_len, self.n_layer) >= 1, "vocab_size, seq_len and n_layer must be >= 1")
 
 
 class TransformerLM(TiedLM):
@@ -35,15 +35,23 @@ class TransformerLM(TiedLM):
         self.blocks = nn.ModuleList(Block(cfg.d, cfg.n_head) for _ in range(cfg.n_layer))
         init_weights(self, n_residual=cfg.n_layer)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> ModelOutput:
-        check_tokens(idx, self.cfg.vocab_size, self.cfg.seq_len)
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: None = None) -> ModelOutput:
+        """Logits (B, T, V) and loss of (B, T) tokens; `iters` exists for the shared contract
+        and must stay None: a plain transformer has no depth to set."""
+        check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
+        if iters is not None:
+            raise ValueError(f"TransformerLM has a fixed depth of {self.cfg.n_layer} blocks; got iters={iters!r}")
         h = self.embed(idx)  # (B, T, D)
         for block in self.blocks:
             h = block(h)
         logits, loss = self.decode(h, targets)
-        return ModelOutput(logits=logits, loss=loss)
+        return ModelOutput(logits, loss)
 
-    def flops_per_token(self, stats: dict | None = None) -> float:
-        """Forward FLOPs per token: blocks plus the unembedding."""
+    def param_groups(self) -> list[ParamGroup]:
+        """Embedding (AdamW, no decay) and the blocks' matrices (Muon)."""
+        return [*self.embedding_groups(), *block_groups("blocks", self.blocks)]
+
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per token: blocks plus the unembedding (the same for every forward)."""
         c = self.cfg
         return c.n_layer * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
