@@ -13,6 +13,7 @@ from attractor.fixedpoint.loop import (
     solve,
 )
 from attractor.fixedpoint.solvers import SOLVERS, Anderson, Broyden, Picard
+from attractor.fixedpoint.spec import grad_from_dict, grad_to_dict, solver_from_dict, solver_to_dict
 
 __all__ = [
     "fixed_point", "solve", "relative_residual", "resolve_solver", "resolve_grad",
@@ -20,4 +21,5 @@ __all__ = [
     "Picard", "Anderson", "Broyden", "SOLVERS",
     "Implicit", "OneStep", "Neumann", "Phantom", "Unroll", "GRADS",
     "jacobian_penalty", "spectral_radius",
+    "solver_to_dict", "solver_from_dict", "grad_to_dict", "grad_from_dict",
 ]

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from attractor.errors import ConfigError, check_name
 from attractor.fixedpoint.grads import GRADS, Unroll
-from attractor.fixedpoint.loop import FixedPointInfo, report_failure, resolve_solver, solve
+from attractor.fixedpoint.loop import ON_FAIL, FixedPointInfo, report_failure, resolve_solver, solve
 
 
 def resolve_grad(grad):
@@ -18,12 +18,11 @@ def resolve_grad(grad):
     if isinstance(grad, str):
         check_name(grad, GRADS, "gradient mode")
         return GRADS[grad]()
+    if isinstance(grad, type):  # Phantom.attach exists too, as an unbound function
+        raise ConfigError(f"gradient mode {grad.__name__} is a class; pass an instance, e.g. {grad.__name__}()")
     if not hasattr(grad, "attach"):
         raise ConfigError(f"gradient mode {grad!r} is neither a name nor an object with attach()")
     return grad
-
-
-_ON_FAIL = ("warn", "raise", "ignore")
 
 
 def fixed_point(
@@ -67,7 +66,7 @@ def fixed_point(
     """
     solver = resolve_solver(solver)
     grad = resolve_grad(grad)
-    check_name(on_fail, _ON_FAIL, "on_fail value")
+    check_name(on_fail, ON_FAIL, "on_fail value")
     if not tol >= 0:
         raise ConfigError(f"tol={tol} must be >= 0")
     if not (isinstance(max_iter, int) and isinstance(min_iter, int) and 0 <= min_iter <= max_iter):

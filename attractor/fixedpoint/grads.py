@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from attractor.fixedpoint.loop import report_failure, resolve_solver, solve
-from attractor.fixedpoint.solvers import Anderson, _require
+from attractor.errors import check_int, check_name, check_real
+from attractor.fixedpoint.loop import ON_FAIL, report_failure, resolve_solver, solve
+from attractor.fixedpoint.solvers import Anderson, _set, _unit_interval
 
 
 def _graft(z_star: Tensor, y: Tensor) -> Tensor:
@@ -74,23 +75,24 @@ class Implicit:
     The adjoint solve's per-sample statistics land in `info.backward` once backward has run.
     """
 
-    solver: object = field(default_factory=Anderson)  # a name or a configured solver
+    solver: object = field(default_factory=Anderson)  # a configured solver (a name is resolved)
     tol: float = 1e-6  # relative residual of the adjoint equation
     max_iter: int = 50
     on_fail: str = "warn"  # a non-converged adjoint is warned about, or raised ("raise")
 
     def __post_init__(self) -> None:
-        resolve_solver(self.solver)
-        _require(self.tol >= 0, f"Implicit tol={self.tol} must be >= 0")
-        _require(self.max_iter >= 1, f"Implicit max_iter={self.max_iter} must be >= 1")
-        _require(self.on_fail in ("warn", "raise", "ignore"), f"Implicit on_fail={self.on_fail!r}")
+        # A name becomes its object, so Implicit("picard") == Implicit(Picard()) and serialises alike.
+        _set(self, "solver", resolve_solver(self.solver, "Implicit solver"))
+        _set(self, "tol", check_real(self.tol, "Implicit tol", lambda t: t >= 0, ">= 0"))
+        _set(self, "max_iter", check_int(self.max_iter, "Implicit max_iter", 1))
+        check_name(self.on_fail, ON_FAIL, "Implicit on_fail")
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
         z = z_star.detach().requires_grad_()
         with torch.enable_grad():
             y = f(z)
         vjp = _vjp_through(y, z)
-        solver = resolve_solver(self.solver)
+        solver = self.solver
 
         def adjoint(v: Tensor) -> Tensor:
             with torch.no_grad():
@@ -122,7 +124,7 @@ class Neumann:
     k: int = 1
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.k, int) and self.k >= 0, f"Neumann k={self.k} must be an int >= 0")
+        _set(self, "k", check_int(self.k, "Neumann k", 0))
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
         z = z_star.detach().requires_grad_()
@@ -148,8 +150,8 @@ class Phantom:
     damping: float = 0.5  # step z <- (1 - damping) z + damping f(z)
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.k, int) and self.k >= 1, f"Phantom k={self.k} must be an int >= 1")
-        _require(0.0 < self.damping <= 1.0, f"Phantom damping={self.damping} must be in (0, 1]")
+        _set(self, "k", check_int(self.k, "Phantom k", 1))
+        _set(self, "damping", check_real(self.damping, "Phantom damping", _unit_interval, "in (0, 1]"))
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
         z = z_star.detach()

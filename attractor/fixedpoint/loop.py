@@ -108,13 +108,19 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     return gnorm / (fz.norm(dim=1) + torch.finfo(fz.dtype).tiny), gnorm
 
 
-def resolve_solver(solver):
+# What fixed_point and the implicit adjoint may do when a sample does not converge.
+ON_FAIL = ("warn", "raise", "ignore")
+
+
+def resolve_solver(solver, what: str = "solver"):
     """A solver object from a name ('anderson') or a configured instance (Anderson(m=3))."""
     if isinstance(solver, str):
-        check_name(solver, SOLVERS, "solver")
+        check_name(solver, SOLVERS, what)
         return SOLVERS[solver]()
+    if isinstance(solver, type):  # Anderson has init/step/restart too, as unbound functions
+        raise ConfigError(f"{what} {solver.__name__} is a class; pass an instance, e.g. {solver.__name__}()")
     if not all(hasattr(solver, a) for a in ("init", "step", "restart")):
-        raise ConfigError(f"solver {solver!r} is neither a name nor an object with init/step/restart")
+        raise ConfigError(f"{what} {solver!r} is neither a name nor an object with init/step/restart")
     return solver
 
 

@@ -1,7 +1,7 @@
 """Root solvers for z = f(z): Picard, Anderson (type II) and limited-memory Broyden.
 
 A solver only proposes the next iterate from the current one and its image under f. The loop in
-`api.py` owns everything else (evaluating f, residuals, per-sample freezing, safeguards, the best
+`loop.py` owns everything else (evaluating f, residuals, per-sample freezing, safeguards, the best
 iterate), so each solver here is the mathematics and nothing more.
 
 Every solver works on flattened samples: z and fz arrive as (B, N) tensors in the solver dtype
@@ -24,10 +24,20 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from attractor.errors import check_int, check_real
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+
+def _set(obj, field: str, value) -> None:
+    """Store a checked, normalised field value (a plain int or float) on a frozen dataclass.
+
+    Normalising numpy scalars to Python ones keeps the object JSON-safe and equal to its twin
+    built from plain numbers.
+    """
+    object.__setattr__(obj, field, value)
+
+
+def _unit_interval(x: float) -> bool:
+    return 0.0 < x <= 1.0
 
 
 def _store(history: Tensor, slot: int, value: Tensor) -> Tensor:
@@ -68,7 +78,7 @@ class Picard:
     damping: float = 1.0  # 1.0 is the undamped step z <- f(z)
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.damping <= 1.0, f"Picard damping={self.damping} must be in (0, 1]")
+        _set(self, "damping", check_real(self.damping, "Picard damping", _unit_interval, "in (0, 1]"))
 
     def init(self, z: Tensor, fz: Tensor) -> None:
         return None
@@ -105,9 +115,9 @@ class Anderson:
     ridge: float = 1e-4  # Tikhonov term, relative to mean(diag(G G^T)) over valid slots
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.m, int) and self.m >= 1, f"Anderson m={self.m} must be an int >= 1")
-        _require(0.0 < self.beta <= 1.0, f"Anderson beta={self.beta} must be in (0, 1]")
-        _require(self.ridge >= 0.0, f"Anderson ridge={self.ridge} must be >= 0")
+        _set(self, "m", check_int(self.m, "Anderson m", 1))
+        _set(self, "beta", check_real(self.beta, "Anderson beta", _unit_interval, "in (0, 1]"))
+        _set(self, "ridge", check_real(self.ridge, "Anderson ridge", lambda r: r >= 0, ">= 0"))
 
     def init(self, z: Tensor, fz: Tensor) -> AndersonState:
         batch, n = z.shape
@@ -183,7 +193,7 @@ class Broyden:
     m: int = 20  # rank-one updates kept before restarting
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.m, int) and self.m >= 1, f"Broyden m={self.m} must be an int >= 1")
+        _set(self, "m", check_int(self.m, "Broyden m", 1))
 
     def init(self, z: Tensor, fz: Tensor) -> BroydenState:
         batch, n = z.shape
