@@ -14,4 +14,5 @@ from attractor.models.registry import (
     config_to_dict,
     describe,
     from_config,
+    override,
 )

@@ -136,26 +136,34 @@ def looped_770m():
 
 
 def config(name: str, **overrides):
-    """The preset's config with overrides applied.
+    """The preset's config with overrides applied (see `override` for the keys)."""
+    check_name(name, PRESETS, "model preset")
+    try:
+        return override(PRESETS[name](), **overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def override(cfg, **overrides):
+    """A copy of a model config with overrides applied.
 
     Keys are config fields (`d=256`), dotted paths into nested configs
     (`**{"solve.solver.m": 3}`), or, for equilibrium models, the solve's own fields directly
     (`tol=1e-4`, `solver="picard"`, `grad=Phantom(k=3)`). Unknown names and keys, and values of
     the wrong type or range, raise ConfigError naming the field.
     """
-    check_name(name, PRESETS, "model preset")
-    cfg = PRESETS[name]()
     fields = {f.name for f in dataclasses.fields(cfg)}
     solve_fields = {f.name for f in dataclasses.fields(SolveConfig)} if "solve" in fields else set()
     for key, value in overrides.items():
         head = key.partition(".")[0]
-        path = f"solve.{key}" if head not in fields and head in solve_fields else key
+        check_name(head, fields | solve_fields, f"config key for {type(cfg).__name__}")
+        path = f"solve.{key}" if head not in fields else key
         try:
             cfg = schema.override(cfg, path, value)
-        except ConfigError as err:
-            raise ConfigError(f"{name}: {err}") from None
+        except ConfigError:
+            raise
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name}: {key}={value!r}: {err}") from None
+            raise ConfigError(f"{key}={value!r}: {err}") from None
     return cfg
 
 

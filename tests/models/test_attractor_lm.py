@@ -6,14 +6,14 @@ import pytest
 import torch
 from conftest import train_losses
 
-from attractor.models import AttractorLM, AttractorLMConfig, TransformerConfig, TransformerLM
+from attractor.models import AttractorLM, AttractorLMConfig, TransformerConfig, TransformerLM, override
 
 TINY = dict(vocab_size=64, seq_len=16, d=32, n_head=2)
 
 
 def attractor(**kw) -> AttractorLM:
     torch.manual_seed(0)
-    return AttractorLM(AttractorLMConfig(**{**TINY, "n_backbone": 2, "n_attractor": 1, **kw})).eval()
+    return AttractorLM(override(AttractorLMConfig(), **{**TINY, "n_backbone": 2, "n_attractor": 1, **kw})).eval()
 
 
 @pytest.mark.parametrize("iters", [0, 1, 5, None])
@@ -71,9 +71,9 @@ def test_adaptive_solve_reaches_the_fixed_point_and_reports_it():
         out = model(idx)
         c = model.propose(idx)
         f = model.attractor_map(c)
-    info = out.stats["info"]
-    assert info.iters.shape == (2, 16) and out.stats["token_converged"] == 1.0
-    assert out.stats["iters"].shape == (2,) and (out.stats["residual"] < 1e-5).all()
+    info = out.info
+    assert info.iters.shape == (2, 16) and out.converged.item() == 1.0
+    assert torch.equal(out.depth, info.iters.max(1).values) and (info.residual < 1e-5).all()
     # the decoded state y satisfies y = f(y): decode(f(y)) matches within tol-sized error
     y = f(c)  # one plain step is not the answer: the solve must have moved beyond it
     assert not torch.allclose(out.logits, model.decode(y, None)[0], atol=1e-6)
@@ -107,7 +107,7 @@ def test_bad_inputs_fail_clearly():
     with pytest.raises(ValueError, match="exceeds"):
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="did you mean 'anderson'"):
-        AttractorLMConfig(solver="andersen")
+        override(AttractorLMConfig(), solver="andersen")
     with pytest.raises(ValueError, match="divisible|heads"):
         AttractorLMConfig(d=30, n_head=4)
     with pytest.raises(ValueError, match="gate_init"):

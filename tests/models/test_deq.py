@@ -13,6 +13,7 @@ from conftest import pattern_batch, tokens, train_losses
 
 from attractor.errors import ConfigError
 from attractor.layers import block_flops
+from attractor.models import override
 from attractor.models.deq import DEQConfig, DEQLM
 
 TINY = dict(vocab_size=64, seq_len=16, d=32, n_head=2, n_prelude=1, n_deq=1, max_iter=12, tol=1e-4)
@@ -20,7 +21,7 @@ TINY = dict(vocab_size=64, seq_len=16, d=32, n_head=2, n_prelude=1, n_deq=1, max
 
 def tiny(**overrides) -> DEQLM:
     torch.manual_seed(0)
-    return DEQLM(DEQConfig(**{**TINY, **overrides}))
+    return DEQLM(override(DEQConfig(), **{**TINY, **overrides}))
 
 
 def test_default_config_parameters():
@@ -49,7 +50,7 @@ def test_future_token_changes_no_earlier_logit(iters, tied_head):
     assert torch.equal(a.logits[:, :-1], b.logits[:, :-1])  # bit-exact, even with adaptive depth
     assert not torch.equal(a.logits[:, -1], b.logits[:, -1])
     if iters is None:
-        per_token = a.stats["info"].iters  # (B, T): the solve really ran per token
+        per_token = a.info.iters  # (B, T): the solve really ran per token
         assert per_token.shape == (3, 16) and per_token.max() > 1
 
 
@@ -64,9 +65,9 @@ def test_adaptive_solve_reaches_the_equilibrium_plain_iteration_finds():
         for _ in range(200):  # Picard from zero, far past convergence: the reference
             z = f(z)
         reference = model.decode(z, None)[0]
-    assert out.stats["token_converged"] == 1.0
-    assert out.stats["iters"].shape == (3,) and out.stats["residual"].shape == (3,)
-    assert bool((out.stats["residual"] < 1e-5).all())
+    assert out.converged.item() == 1.0
+    assert out.depth.shape == (3,) and out.info.residual.shape == (3, 16)
+    assert bool((out.info.residual < 1e-5).all())
     # residual 1e-5 in z moves logits by about that relative amount
     torch.testing.assert_close(out.logits, reference, rtol=1e-3, atol=1e-3)
     assert (z - f(z)).norm() < 1e-4 * z.norm()  # and the reference really is a fixed point
@@ -89,7 +90,7 @@ def test_zero_iterations_decode_the_zero_state():
     assert torch.equal(out.logits, torch.zeros_like(out.logits))  # norm(0) = 0: uniform logits
     torch.testing.assert_close(out.loss, torch.tensor(math.log(64)))
     out.loss.backward()  # defined, and carries no information
-    assert out.stats["iters"].tolist() == [0, 0] and out.stats["n_evals"] == 0
+    assert out.depth.tolist() == [0, 0] and out.n_evals == 0 and out.info is None
 
 
 @pytest.mark.parametrize("tied_head", [False, True])
@@ -113,16 +114,16 @@ def test_loss_falls_on_a_repeated_pattern(grad):
     assert losses[0] > 3.5 and sum(losses[-5:]) / 5 < 0.5 * losses[0], losses[::10]
 
 
-def test_stats_match_attractor_lm():
+def test_per_sequence_stopping_reports_per_sequence():
     model = tiny(stop="sample").eval()
     with torch.no_grad():
         out = model(tokens())
-    assert set(out.stats) == {"iters", "residual", "token_converged", "n_evals", "info"}
-    assert out.stats["info"].iters.shape == (3,)  # one problem per sequence
-    assert out.stats["iters"].dtype == torch.long
+    assert out.info.iters.shape == (3,)  # one problem per sequence
+    assert torch.equal(out.depth, out.info.iters) and out.depth.dtype == torch.long
+    assert out.n_evals == out.info.n_evals and out.converged.dim() == 0
     with torch.no_grad():
         fixed = model(tokens(), iters=2)
-    assert fixed.stats["iters"].tolist() == [2, 2, 2] and fixed.stats["n_evals"] == 2
+    assert fixed.depth.tolist() == [2, 2, 2] and fixed.n_evals == 2 and fixed.converged is None
 
 
 def test_flops_follow_the_evaluations():
@@ -130,9 +131,9 @@ def test_flops_follow_the_evaluations():
     c = model.cfg
     block = block_flops(c.d, c.seq_len)
     with torch.no_grad():
-        stats = model(tokens(), iters=3).stats
-    assert model.flops_per_token(stats) == (c.n_prelude + 3 * c.n_deq) * block + 2 * c.d * c.vocab_size
-    assert model.flops_per_token() == (c.n_prelude + (c.max_iter + 1) * c.n_deq) * block + 2 * c.d * c.vocab_size
+        out = model(tokens(), iters=3)
+    assert model.flops_per_token(out) == (c.n_prelude + 3 * c.n_deq) * block + 2 * c.d * c.vocab_size
+    assert model.flops_per_token() == (c.n_prelude + (c.solve.max_iter + 1) * c.n_deq) * block + 2 * c.d * c.vocab_size
 
 
 @pytest.mark.parametrize("iters", [-1, 1.5, True])
@@ -143,20 +144,22 @@ def test_invalid_iters_raise(iters):
 
 @pytest.mark.parametrize("bad", [
     dict(d=30), dict(n_deq=0), dict(n_prelude=-1), dict(gate_init=1.0), dict(gamma_max=1.5),
-    dict(min_iter=13), dict(tol=-1.0), dict(anderson_m=0), dict(grad="phantom", grad_k=0),
-    dict(grad="phantom", phantom_damping=0.0), dict(stop="tokens"), dict(solver="andersen"),
+    dict(min_iter=13), dict(tol=-1.0), dict(**{"solver.m": 0}), dict(grad="phantom", **{"grad.k": 0}),
+    dict(grad="phantom", **{"grad.damping": 0.0}), dict(stop="tokens"), dict(solver="andersen"),
     dict(grad="one-step"),
 ])
 def test_invalid_config_raises(bad):
-    with pytest.raises(ValueError):
-        DEQConfig(**{**TINY, **bad})
+    with pytest.raises(ConfigError):
+        override(DEQConfig(), **{**TINY, **bad})
 
 
 def test_misspelled_solver_suggests_the_name():
     with pytest.raises(ConfigError, match="did you mean 'anderson'"):
-        DEQConfig(solver="andersen")
+        override(DEQConfig(), solver="andersen")
 
 
 def test_unknown_config_field_is_an_error():
     with pytest.raises(TypeError):
         DEQConfig(tied_heads=True)
+    with pytest.raises(ConfigError, match="did you mean 'tied_head'"):
+        override(DEQConfig(), tied_heads=True)

@@ -51,10 +51,10 @@ def test_future_token_changes_no_earlier_logit(loops, training):
     changed[:, -1] = (changed[:, -1] + 1) % 64
     with torch.no_grad():
         model.depth_rng.manual_seed(5)  # identical Poisson draws for both (training, loops=None)
-        a = model(idx, loops=loops)
+        a = model(idx, iters=loops)
         model.depth_rng.manual_seed(5)
-        b = model(changed, loops=loops)
-    assert torch.equal(a.stats["loops"], b.stats["loops"])
+        b = model(changed, iters=loops)
+    assert torch.equal(a.depth, b.depth)
     assert torch.equal(a.logits[:, :-1], b.logits[:, :-1])  # bit-exact
     assert not torch.equal(a.logits[:, -1], b.logits[:, -1])  # the changed position did move
 
@@ -87,7 +87,7 @@ def test_poisson_depth_is_reproducible_from_the_seed_and_varies():
     def draws(seed: int) -> torch.Tensor:
         model = tiny(seed=seed).train()
         with torch.no_grad():
-            return torch.stack([model(tokens(batch=6)).stats["loops"] for _ in range(5)])  # (5, 6)
+            return torch.stack([model(tokens(batch=6)).depth for _ in range(5)])  # (5, 6)
 
     a, b, other = draws(7), draws(7), draws(8)
     assert torch.equal(a, b)
@@ -109,16 +109,16 @@ def test_poisson_depth_has_the_configured_mean():
 def test_explicit_loops_are_deterministic_in_training_mode():
     model = tiny().train()
     idx = tokens()
-    a, b = model(idx, loops=5), model(idx, loops=5)
-    assert a.stats["loops"].tolist() == [5, 5, 5]
+    a, b = model(idx, iters=5), model(idx, iters=5)
+    assert a.depth.tolist() == [5, 5, 5]
     assert torch.equal(a.logits, b.logits)
-    assert model.eval()(idx).stats["loops"].tolist() == [4, 4, 4]  # mean_loops in eval
+    assert model.eval()(idx).depth.tolist() == [4, 4, 4]  # mean_loops in eval
 
 
 @pytest.mark.parametrize("loops", [-1, 2.5, True])
 def test_invalid_loops_raise(loops):
-    with pytest.raises(ValueError, match="loops"):
-        tiny()(tokens(), loops=loops)
+    with pytest.raises(ValueError, match="iters"):
+        tiny()(tokens(), iters=loops)
 
 
 @pytest.mark.parametrize("bad", [
@@ -163,14 +163,14 @@ def grads(model: LoopedLM, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_backprop_is_truncated_to_the_last_loops():
     model = tiny(backprop_loops=2).train()
     idx, targets = pattern_batch()
-    got = grads(model, model(idx, targets, loops=5).loss)
+    got = grads(model, model(idx, targets, iters=5).loss)
     truncated = grads(model, manual_loss(model, idx, targets, loops=5, no_grad_loops=3))
     full = grads(model, manual_loss(model, idx, targets, loops=5, no_grad_loops=0))
     for name in got:
         torch.testing.assert_close(got[name], truncated[name], rtol=0, atol=0)  # same ops, same order
     assert not torch.allclose(got["a"], full["a"])  # the truncation changes the gradient
     untruncated = tiny(backprop_loops=None).train()
-    for name, g in grads(untruncated, untruncated(idx, targets, loops=5).loss).items():
+    for name, g in grads(untruncated, untruncated(idx, targets, iters=5).loss).items():
         torch.testing.assert_close(g, full[name], rtol=0, atol=0)
 
 
@@ -184,7 +184,7 @@ def test_sampled_depths_truncate_each_sequence_at_its_own_last_loops():
             break
     model.depth_rng.manual_seed(seed)
     out = model(idx, targets)
-    assert torch.equal(out.stats["loops"], depth)
+    assert torch.equal(out.depth, depth)
     got = grads(model, out.loss * 2)  # the mean over 2 equal-length sequences, as a sum
     want = [grads(model, manual_loss(model, idx[b:b + 1], targets[b:b + 1], int(k), int(k) - 2))
             for b, k in enumerate(depth)]
@@ -198,10 +198,10 @@ def test_sequences_in_a_batch_match_their_solo_runs():
     idx = tokens(batch=4)
     with torch.no_grad():
         batched = model(idx)
-        depth = batched.stats["loops"]
+        depth = batched.depth
         assert len(set(depth.tolist())) > 1
         for b in range(4):
-            solo = model(idx[b:b + 1], loops=int(depth[b]))
+            solo = model(idx[b:b + 1], iters=int(depth[b]))
             torch.testing.assert_close(batched.logits[b], solo.logits[0], rtol=1e-5, atol=1e-5)
 
 
@@ -214,7 +214,7 @@ def saved_bytes(model: LoopedLM, idx, targets, loops: int) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(idx, targets, loops=loops).loss.backward()
+        model(idx, targets, iters=loops).loss.backward()
     return total
 
 
@@ -231,18 +231,18 @@ def test_flops_count_the_loops_and_the_injection():
     c = model.cfg
     block = block_flops(c.d, c.seq_len)
     with torch.no_grad():
-        three = model.flops_per_token(model(tokens(), loops=3).stats)
-        four = model.flops_per_token(model(tokens(), loops=4).stats)
+        three = model.flops_per_token(model(tokens(), iters=3))
+        four = model.flops_per_token(model(tokens(), iters=4))
     assert four - three == c.n_recur * block
     expected = (c.n_prelude + c.n_coda + 4 * c.n_recur) * block + 2 * c.d**2 + 2 * c.d * c.vocab_size
-    assert four == expected == model.flops_per_token() == model.flops_per_token({"loops": 4})
+    assert four == expected == model.flops_per_token() == model.flops_per_token(4)
 
 
 def test_zero_loops_decode_the_coda_of_a_zero_state():
     model = tiny().eval()
     with torch.no_grad():
-        out = model(tokens(), loops=0)
-    assert out.stats["loops"].tolist() == [0, 0, 0]
+        out = model(tokens(), iters=0)
+    assert out.depth.tolist() == [0, 0, 0]
     assert torch.isfinite(out.logits).all()
     assert torch.equal(out.logits[0], out.logits[1])  # no token information reaches the coda
 
