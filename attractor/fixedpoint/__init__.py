@@ -7,6 +7,7 @@ from attractor.fixedpoint.loop import (
     FixedPointError,
     FixedPointInfo,
     FixedPointWarning,
+    NonFiniteWarning,
     Status,
     relative_residual,
     resolve_solver,
@@ -17,7 +18,7 @@ from attractor.fixedpoint.spec import grad_from_dict, grad_to_dict, solver_from_
 
 __all__ = [
     "fixed_point", "solve", "relative_residual", "resolve_solver", "resolve_grad",
-    "FixedPointInfo", "FixedPointError", "FixedPointWarning", "Status",
+    "FixedPointInfo", "FixedPointError", "FixedPointWarning", "NonFiniteWarning", "Status",
     "Picard", "Anderson", "Broyden", "SOLVERS",
     "Implicit", "OneStep", "Neumann", "Phantom", "Unroll", "GRADS",
     "jacobian_penalty", "spectral_radius",

@@ -8,9 +8,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attractor.errors import ConfigError, check_name
+from attractor.errors import ConfigError, check_bool, check_int, check_name, check_real
 from attractor.fixedpoint.grads import GRADS, Unroll
-from attractor.fixedpoint.loop import ON_FAIL, FixedPointInfo, report_failure, resolve_solver, solve
+from attractor.fixedpoint.loop import ON_FAIL, FixedPointInfo, check_batched, report_failure, resolve_solver, solve
 
 
 def resolve_grad(grad):
@@ -43,12 +43,15 @@ def fixed_point(
 
     Args:
         f: maps (B, *S) -> (B, *S); samples must not interact. Every tensor it closes over
-            (parameters, inputs) receives gradients, without being listed.
-        z0: (B, *S) starting point, e.g. the backbone's proposal; the answer has its dtype.
+            (parameters, inputs) receives gradients, without being listed. It may return another
+            dtype than z's (autocast) and may write into its argument; z0 is never changed.
+        z0: (B, *S) starting point, e.g. the backbone's proposal; the answer has its dtype. A
+            batch dimension is required: (N,) is a ConfigError, not N scalar problems.
         solver: 'picard', 'anderson', 'broyden' or a configured object (`Anderson(m=5)`).
         grad: 'implicit', 'onestep', 'neumann', 'phantom', 'unroll' or a configured object
             (`Phantom(k=2, damping=0.5)`). Ignored when autograd is off.
-        tol: a sample stops once ||f(z) - z|| / ||f(z)|| < tol (and it has taken min_iter steps).
+        tol: a sample stops once ||f(z) - z|| / ||f(z)|| < tol, or == 0 (which tol=0 needs),
+            and it has taken min_iter steps.
         max_iter: most solver steps per sample (0: return z0, reporting its residual).
         min_iter: fewest steps before a sample may stop.
         on_fail: what to do when a sample does not converge: warn (once per call site),
@@ -61,26 +64,32 @@ def fixed_point(
             converged. If unit t of f(z) depends only on units <= t (causal attention), every
             unit's trajectory is then independent of later units: adaptive depth stays causal.
     Returns:
-        z: (B, *S) lowest-residual iterate per sample, finite whenever z0 and f(z0) are;
+        z: (B, *S) in z0's dtype, per sample the iterate with the lowest absolute residual
+            ||f(z) - z|| among those meeting tol (among all if none does); finite whenever z0
+            and f(z0) are;
         info: per-sample iterations, residuals, convergence and status (FixedPointInfo).
     """
     solver = resolve_solver(solver)
     grad = resolve_grad(grad)
     check_name(on_fail, ON_FAIL, "on_fail value")
-    if not tol >= 0:
-        raise ConfigError(f"tol={tol} must be >= 0")
-    if not (isinstance(max_iter, int) and isinstance(min_iter, int) and 0 <= min_iter <= max_iter):
-        raise ConfigError(f"need integers 0 <= min_iter ({min_iter}) <= max_iter ({max_iter})")
+    tol = check_real(tol, "tol", lambda t: t >= 0, ">= 0")
+    max_iter = check_int(max_iter, "max_iter", 0)
+    min_iter = check_int(min_iter, "min_iter", 0)
+    if min_iter > max_iter:
+        raise ConfigError(f"min_iter={min_iter} must be <= max_iter={max_iter}")
+    trace, prefix_stop = check_bool(trace, "trace"), check_bool(prefix_stop, "prefix_stop")
+    check_batched(z0)
     unroll = isinstance(grad, Unroll)
     if max_iter == 0:  # nothing to solve: z0 itself, graph included, with its residual reported
         with torch.no_grad():
             _, info = solve(f, z0, solver, tol=tol, max_iter=0, batch_dims=batch_dims)
-        return z0, info
-    with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
-        z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
-                        min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
+        z = z0
+    else:
+        with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
+            z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter, min_iter=min_iter,
+                            trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
     if not bool(info.converged.all()):
         report_failure(info, on_fail, "fixed_point")
-    if torch.is_grad_enabled() and not unroll:
+    if max_iter > 0 and torch.is_grad_enabled() and not unroll:
         z = grad.attach(f, z, info)
     return z, info

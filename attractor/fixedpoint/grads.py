@@ -16,10 +16,19 @@ Only Unroll's memory grows with the number of forward iterations; the others bui
 one (Phantom: k) evaluations of f. Parameters are never listed: the graph of f(z*) reaches them.
 Under DistributedDataParallel the inner vector-Jacobian products differentiate only with respect
 to z*, so no parameter gradient is accumulated (and no reducer hook fires) more than once.
+
+What every mode shares (`_finite_forward`, `_Attach`): the value returned is z* in z*'s dtype,
+whatever dtype f returns; f is given a copy of its argument, so it may write into it; samples
+where f is not finite get no gradient and are re-evaluated at 0 so that the others' gradient
+stays finite (NonFiniteWarning at backward, naming them, where f is not finite there either).
+Higher derivatives: Implicit and Neumann raise at a backward with create_graph=True (their
+adjoint is computed outside autograd); OneStep and Phantom are ordinary graphs whose higher
+derivatives are those of their surrogate (z* held fixed); Unroll's are exact.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,35 +36,84 @@ import torch
 from torch import Tensor
 
 from attractor.errors import check_int, check_name, check_real
-from attractor.fixedpoint.loop import ON_FAIL, report_failure, resolve_solver, solve
+from attractor.fixedpoint.loop import (
+    ON_FAIL,
+    NonFiniteWarning,
+    check_image,
+    nonfinite_message,
+    report_failure,
+    resolve_solver,
+    solve,
+)
 from attractor.fixedpoint.solvers import Anderson, _set, _unit_interval
 
 
-def _graft(z_star: Tensor, y: Tensor) -> Tensor:
-    """z_star's value with y's backward: gradients arriving here flow into y unchanged.
+FIRST_ORDER_ONLY = (
+    "{mode} gives first derivatives only: its backward solves (or sums) the adjoint outside "
+    "autograd, so create_graph=True would give wrong higher derivatives. Use grad='unroll' for "
+    "exact higher derivatives, or 'onestep' / 'phantom' (their surrogate's derivatives)."
+)
 
-    Where y is not finite (a sample whose f blew up) the value stays z_star and no gradient flows.
+
+def _nonfinite_samples(y: Tensor) -> Tensor:
+    """(B,) bool: samples (along dim 0) with any non-finite entry."""
+    return ~torch.isfinite(y).reshape(y.shape[0], -1).all(1)
+
+
+def _finite_forward(run: Callable[[Tensor], Tensor], z_star: Tensor) -> tuple[Tensor, Tensor, Tensor | None, str | None]:
+    """The mode's differentiable evaluation `run(z) -> y` from z*, kept finite where possible.
+
+    Samples whose y is not finite get no gradient (their incoming gradient is zeroed), but that
+    zero still runs through f's graph, where 0 * inf = NaN would spoil every parameter gradient.
+    Samples are independent, so such samples are moved to 0 and everything is run once more (only
+    then: one extra evaluation, and only when some sample is not finite): where f is finite at 0,
+    the gradient of the other samples is then exactly what it is without them.
+
+    Returns:
+        z: (B, *S) the detached start point used; y: run(z); zero: (B,) bool of the samples whose
+        gradient is zeroed, or None; warning: the NonFiniteWarning text if f stayed non-finite.
     """
-    delta = y - y.detach()
-    return z_star + torch.where(torch.isfinite(y), delta, torch.zeros_like(delta))
+    z = z_star.detach()
+    y = run(z)
+    check_image(y, z, "f(z*)")
+    zero = _nonfinite_samples(y)
+    if not bool(zero.any()):
+        return z, y, None, None
+    z = z.detach().masked_fill(zero.view(-1, *[1] * (z.dim() - 1)), 0)
+    y = run(z)
+    still = _nonfinite_samples(y)
+    warning = nonfinite_message(still, "at the answer and at 0") if bool(still.any()) else None
+    return z, y, zero, warning
 
 
-class _MapGradient(torch.autograd.Function):
-    """Identity forward; backward applies `fn` to the incoming gradient.
+class _Attach(torch.autograd.Function):
+    """Forward: z* itself. Backward: the incoming v, zeroed at non-finite samples and mapped by
+    `fn` (None: unchanged), flows into y's graph (y = f(z*), or Phantom's k steps).
 
-    Placed after y = f(z*), it turns v into u before u flows into f's graph. The vector-Jacobian
-    products inside `fn` start at y, upstream of this node, so they never re-enter it (a tensor
-    hook on y would fire again for each of them).
+    The vector-Jacobian products inside `fn` start at y, upstream of this node, so they never
+    re-enter it (a tensor hook on y would fire again for each of them).
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-        ctx.fn = fn
-        return y.view_as(y)
+    def forward(ctx, y: Tensor, z_star: Tensor, fn, zero: Tensor | None, warning: str | None, mode: str) -> Tensor:
+        ctx.fn, ctx.zero, ctx.warning, ctx.mode, ctx.dtype = fn, zero, warning, mode, y.dtype
+        return z_star.view_as(z_star)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.fn(grad), None
+    def backward(ctx, v: Tensor):
+        if ctx.fn is not None and torch.is_grad_enabled():  # backward runs with grad on iff create_graph
+            raise NotImplementedError(FIRST_ORDER_ONLY.format(mode=ctx.mode))
+        if ctx.warning is not None:
+            warnings.warn(ctx.warning, NonFiniteWarning, stacklevel=2)
+        if ctx.zero is not None:
+            v = v.masked_fill(ctx.zero.view(-1, *[1] * (v.dim() - 1)), 0)
+        u = v.to(ctx.dtype) if ctx.fn is None else ctx.fn(v.to(ctx.dtype))
+        return u, None, None, None, None, None
+
+
+def _attach(y: Tensor, z_star: Tensor, zero, warning, fn=None, mode: str = "") -> Tensor:
+    """z_star's value (and dtype) with the backward of `_Attach`."""
+    return _Attach.apply(y, z_star.detach(), fn, zero, warning, mode)
 
 
 def _vjp_through(y: Tensor, z: Tensor) -> Callable[[Tensor], Tensor]:
@@ -66,6 +124,18 @@ def _vjp_through(y: Tensor, z: Tensor) -> Callable[[Tensor], Tensor]:
         return out
 
     return vjp
+
+
+def _leaf_image(f: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """z -> f(z) with z made a leaf that VJPs differentiate against. f gets a copy: it may write
+    into its argument, and an in-place write on a leaf that requires grad is an error."""
+
+    def run(z: Tensor) -> Tensor:
+        z.requires_grad_()
+        with torch.enable_grad():
+            return f(z.clone())
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -88,9 +158,7 @@ class Implicit:
         check_name(self.on_fail, ON_FAIL, "Implicit on_fail")
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
-        z = z_star.detach().requires_grad_()
-        with torch.enable_grad():
-            y = f(z)
+        z, y, zero, warning = _finite_forward(_leaf_image(f), z_star)
         vjp = _vjp_through(y, z)
         solver = self.solver
 
@@ -104,7 +172,7 @@ class Implicit:
                 report_failure(binfo, self.on_fail, "implicit backward (adjoint solve)")
             return u.to(v.dtype)
 
-        return _graft(z_star, _MapGradient.apply(y, adjoint))
+        return _attach(y, z_star, zero, warning, adjoint, "grad='implicit'")
 
 
 @dataclass(frozen=True)
@@ -112,9 +180,12 @@ class OneStep:
     """Jacobian-free gradient, u = v: one differentiable evaluation of f at z*."""
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
-        with torch.enable_grad():
-            y = f(z_star.detach())
-        return _graft(z_star, y)
+        def run(z: Tensor) -> Tensor:
+            with torch.enable_grad():
+                return f(z.clone())  # a copy: f may write into its argument
+
+        _, y, zero, warning = _finite_forward(run, z_star)
+        return _attach(y, z_star, zero, warning)
 
 
 @dataclass(frozen=True)
@@ -127,9 +198,9 @@ class Neumann:
         _set(self, "k", check_int(self.k, "Neumann k", 0))
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
-        z = z_star.detach().requires_grad_()
-        with torch.enable_grad():
-            y = f(z)
+        if self.k == 0:
+            return OneStep().attach(f, z_star, info)
+        z, y, zero, warning = _finite_forward(_leaf_image(f), z_star)
         vjp = _vjp_through(y, z)
 
         def series(v: Tensor) -> Tensor:
@@ -139,7 +210,7 @@ class Neumann:
                 u = u + term
             return u
 
-        return _graft(z_star, _MapGradient.apply(y, series) if self.k > 0 else y)
+        return _attach(y, z_star, zero, warning, series, f"grad=Neumann(k={self.k})")
 
 
 @dataclass(frozen=True)
@@ -154,11 +225,14 @@ class Phantom:
         _set(self, "damping", check_real(self.damping, "Phantom damping", _unit_interval, "in (0, 1]"))
 
     def attach(self, f: Callable[[Tensor], Tensor], z_star: Tensor, info=None) -> Tensor:
-        z = z_star.detach()
-        with torch.enable_grad():
-            for _ in range(self.k):
-                z = (1.0 - self.damping) * z + self.damping * f(z)
-        return _graft(z_star, z)
+        def run(z: Tensor) -> Tensor:
+            with torch.enable_grad():
+                for _ in range(self.k):
+                    z = (1.0 - self.damping) * z + self.damping * f(z.clone())  # f may write into z
+            return z
+
+        _, y, zero, warning = _finite_forward(run, z_star)
+        return _attach(y, z_star, zero, warning)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """The one solver loop behind `fixed_point`, and the per-sample report it returns.
 
- It evaluates f, keeps residuals and solver state in float32 or
+It evaluates f, keeps residuals and solver state in float32 or
 better whatever autocast says, freezes samples that have converged, honours min_iter, keeps the
-lowest-residual iterate, and replaces a non-finite or exploding step by a restart from the best
+best iterate (see `solve` for the ranking), and replaces a non-finite or exploding step by a restart from the best
 iterate so far. Solvers (`solvers.py`) only propose the next iterate; gradient modes (`grads.py`)
 only decide what the backward pass does, and reuse this loop for the adjoint solve.
 
 Counting convention: `iters` are solver steps. A sample that stopped after k steps had f
 evaluated k + 1 times (once at z0, once after every step); `max_iter=0` evaluates f once to
 report the residual of z0 and returns z0 itself.
+
+Convergence: a unit has converged when its relative residual is below tol, or is exactly zero
+(so that tol=0 asks for an exact fixed point rather than for the impossible res < 0).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attractor.errors import ConfigError, check_name
+from attractor.errors import ConfigError, check_int, check_name
 from attractor.fixedpoint.solvers import SOLVERS
 
 # A step whose absolute residual exceeds this multiple of the sample's best residual so far is
@@ -36,6 +39,11 @@ class FixedPointError(RuntimeError):
 
 class FixedPointWarning(UserWarning):
     """Issued (once per call site) when some sample did not converge."""
+
+
+class NonFiniteWarning(FixedPointWarning):
+    """Issued at backward when f is not finite at some samples and their zero gradient has to
+    pass through f's graph, where 0 * inf makes NaN (the message names the samples)."""
 
 
 class Status(enum.IntEnum):
@@ -65,7 +73,7 @@ class FixedPointInfo:
     Attributes:
         iters: (B,) int64 solver steps until the sample stopped (f was evaluated iters + 1 times).
         residual: (B,) float32/64 relative residual ||f(z) - z|| / ||f(z)|| at the returned z.
-        converged: (B,) bool, residual < tol.
+        converged: (B,) bool, residual < tol (or residual == 0, which tol=0 needs).
         status: (B,) int8 codes of `Status`.
         n_evals: calls of f made by the forward loop (the whole batch is evaluated each call).
         tol: the tolerance that `converged` refers to.
@@ -112,6 +120,33 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
 ON_FAIL = ("warn", "raise", "ignore")
 
 
+def check_batched(z: Tensor, what: str = "z0") -> None:
+    """Refuse a state without a batch dimension: (N,) would be read as N scalar problems."""
+    if not isinstance(z, Tensor):
+        raise ConfigError(f"{what} must be a tensor of shape (B, *S), got {type(z).__name__}")
+    if z.dim() < 2:
+        raise ConfigError(f"{what} of shape {tuple(z.shape)} has no batch dimension: fixed-point "
+                          f"states are (B, *S), one problem per row; for one problem pass "
+                          f"{what}.unsqueeze(0), for B scalar problems {what}.unsqueeze(1)")
+
+
+def check_image(fz, z: Tensor, what: str = "f(z)") -> None:
+    """f must map z to a tensor of z's shape (a broadcasting closure would silently not)."""
+    if not isinstance(fz, Tensor) or fz.shape != z.shape:
+        got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+        raise ValueError(f"{what} must have the shape of z0 {tuple(z.shape)}, got {got}")
+
+
+def nonfinite_message(samples: Tensor, cause: str) -> str:
+    """The NonFiniteWarning text naming the samples (indices along dim 0) where `samples` is True."""
+    index = samples.nonzero().flatten().tolist()
+    shown = ", ".join(map(str, index[:10])) + (f", ... ({len(index)} in all)" if len(index) > 10 else "")
+    return (f"f is not finite at samples [{shown}] {cause}; they get no gradient, but on the way "
+            f"through f's backward their zero gradient can meet the non-finite values (0 * inf = NaN) "
+            f"and turn parameter gradients into NaN. Keep f finite there (clamp the input of exp, "
+            f"say) or leave these samples out.")
+
+
 def resolve_solver(solver, what: str = "solver"):
     """A solver object from a name ('anderson') or a configured instance (Anderson(m=3))."""
     if isinstance(solver, str):
@@ -148,8 +183,9 @@ def solve(
     Differentiable end to end when autograd is on (that is the `unroll` mode); otherwise call it
     under `torch.no_grad()`. Returns z (B, *S) in z0's dtype and a FixedPointInfo.
     """
-    if not (isinstance(batch_dims, int) and 1 <= batch_dims <= z0.dim()):
-        raise ValueError(f"batch_dims={batch_dims} must be in [1, {z0.dim()}] for z0 of shape {tuple(z0.shape)}")
+    check_batched(z0)
+    if not 1 <= check_int(batch_dims, "batch_dims", 1) <= z0.dim():
+        raise ConfigError(f"batch_dims={batch_dims} must be in [1, {z0.dim()}] for z0 of shape {tuple(z0.shape)}")
     if prefix_stop and batch_dims != 2:
         raise ValueError("prefix_stop needs batch_dims=2: units (b, t) ordered along dim 1")
     if z0.shape[0] == 0:
@@ -160,28 +196,52 @@ def solve(
     shape, units = z0.shape, z0.shape[:batch_dims]
     batch = units.numel()
     no_autocast = _no_autocast(z0.device)
+    # f may write into its argument. The first call gets a copy (z still shares z0's memory);
+    # if f wrote into it, every later call gets a copy too. Otherwise later calls get the
+    # iterate itself, and the version counter (free to read) catches an f that starts writing.
+    copy_arg, n_calls = True, 0
 
     def evaluate(z_flat: Tensor) -> Tensor:
-        fz = f(z_flat.view(shape).to(z0.dtype))
-        if not isinstance(fz, Tensor) or fz.shape != shape:
-            got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
-            raise ValueError(f"f(z) must have the shape of z0 {tuple(shape)}, got {got}")
+        nonlocal copy_arg, n_calls
+        arg = z_flat.view(shape).to(z0.dtype)
+        if copy_arg:
+            arg = arg.clone()
+        version = arg._version
+        fz = f(arg)
+        n_calls += 1
+        wrote = arg._version != version
+        if n_calls == 1:
+            copy_arg = wrote
+        elif wrote and not copy_arg:
+            raise ConfigError(f"f wrote into its argument in place at call {n_calls} but not at the first, "
+                              "so the iterate it was given is lost; write in place at every call or at none")
+        check_image(fz, z0)
         return fz.reshape(batch, -1).to(work)
 
     with no_autocast:
         z = z0.reshape(batch, -1).to(work)
     fz = evaluate(z)
+    # Recording a graph (unroll): a non-finite value anywhere in it can turn the backward NaN,
+    # so note which units ever produced one (an f-value or a proposal), to warn at backward.
+    recording = torch.is_grad_enabled()
     with no_autocast:
         res, gnorm = _residuals(z, fz)
         finite_start = torch.isfinite(gnorm)  # z0 is finite, so this is f(z0) being finite
         res = torch.where(finite_start, res, torch.full_like(res, float("inf")))
-        best_z, best_fz, best_res, best_gnorm = z, fz, res, gnorm
+        met = (lambda r: r < tol) if tol > 0 else (lambda r: r == 0)
+        # The answer is the best iterate, ranked first by meeting tol, then by the *absolute*
+        # residual ||f(z) - z||. The relative one cannot rank: on an expanding map it falls as
+        # the state runs away (||f(z)|| grows faster than f(z) - z), which would make the
+        # farthest iterate the "best". Meeting tol first keeps a converged unit's answer converged
+        # when an earlier iterate (a tiny z0, say) had a smaller absolute residual.
+        best_z, best_fz, best_res, best_gnorm, best_met = z, fz, res, gnorm, met(res)
         iters = torch.zeros(batch, dtype=torch.long, device=z.device)
+        nonfinite = ~finite_start if recording else None
 
         def stop_rule(res: Tensor, iters: Tensor) -> Tensor:
             # Re-evaluated every step: when f couples units, a unit whose residual rises again
             # as its neighbours move resumes (independent samples never do).
-            stop = ~finite_start | ((res < tol) & (iters >= min_iter))
+            stop = ~finite_start | (met(res) & (iters >= min_iter))
             if prefix_stop:  # unit (b, t) stops only once (b, 0..t) have all stopped
                 stop = stop.view(units).cummin(dim=1).values.flatten()
             return stop
@@ -203,6 +263,8 @@ def solve(
             if bool(bad.any()):
                 proposal = torch.where(bad.unsqueeze(1), fz, proposal)
                 state = solver.restart(state, bad)
+                if recording:
+                    nonfinite = nonfinite | bad
             z_new = proposal if bool(active.all()) else torch.where(active.unsqueeze(1), proposal, z)
         fz_new = evaluate(z_new)
         n_evals += 1
@@ -210,6 +272,8 @@ def solve(
             res, gnorm = _residuals(z_new, fz_new)
             # NaN/inf in f(z) make the norm NaN/inf, which fails the comparison: a blow-up too.
             blowup = active & ~(gnorm <= EXPLODE_FACTOR * best_gnorm)
+            if recording:
+                nonfinite = nonfinite | ~torch.isfinite(gnorm)
             z, fz = z_new, fz_new
             if bool(blowup.any()):
                 # Restart exploding samples from their best iterate, with the solver's memory wiped.
@@ -219,8 +283,10 @@ def solve(
                 state = solver.restart(state, blowup)
                 exploded = exploded | blowup
             iters = iters + active.long()
-            better = active & (res < best_res)
+            now_met = met(res)
+            better = active & ((now_met & ~best_met) | ((now_met == best_met) & (gnorm < best_gnorm)))
             best_res, best_gnorm = torch.where(better, res, best_res), torch.where(better, gnorm, best_gnorm)
+            best_met = best_met | (better & now_met)
             better = better.unsqueeze(1)
             best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
             stopped = stop_rule(res, iters)
@@ -231,7 +297,7 @@ def solve(
         # Units coupled through f: a per-unit best would mix iterates from different steps,
         # which is no iterate at all. Return the current one (exact once all have converged).
         best_z, best_res = z, res
-    converged = best_res < tol
+    converged = met(best_res)
     status = torch.full((batch,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
     status[exploded] = int(Status.DIVERGED)
     status[converged] = int(Status.CONVERGED)
@@ -245,7 +311,13 @@ def solve(
         tol=tol,
         trace=torch.stack(history, -1).detach().view(*units, -1) if trace else None,
     )
-    return best_z.view(shape).to(z0.dtype), info
+    z_out = best_z.view(shape).to(z0.dtype)
+    if recording and z_out.requires_grad:
+        samples = nonfinite.view(shape[0], -1).any(1)  # units -> samples along dim 0
+        if bool(samples.any()):
+            message = nonfinite_message(samples, "at some iterate that grad='unroll' recorded")
+            z_out.register_hook(lambda grad: warnings.warn(message, NonFiniteWarning, stacklevel=2))
+    return z_out, info
 
 
 def report_failure(info: FixedPointInfo, on_fail: str, what: str) -> None:

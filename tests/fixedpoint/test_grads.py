@@ -19,7 +19,7 @@ from conftest import PEAK_RSS_ENV, PEAK_RSS_PRELUDE, GatedAttentionMap, needs_pe
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attractor import Implicit, Neumann, OneStep, Phantom, fixed_point
+from attractor import Implicit, Neumann, NonFiniteWarning, OneStep, Phantom, Status, fixed_point
 
 TIGHT = dict(solver="anderson", tol=1e-13, max_iter=500)
 
@@ -198,6 +198,169 @@ def test_value_is_the_solver_answer_in_every_mode():
     for mode in ["implicit", "onestep", "neumann", "phantom", "unroll"]:
         z, _ = fixed_point(lambda z: module(z, x), torch.zeros_like(x), grad=mode, **TIGHT)
         torch.testing.assert_close(z, z_ref, rtol=0, atol=1e-12)
+
+
+ALL_MODES = [Implicit(tol=1e-12, max_iter=300), OneStep(), Neumann(k=2), Phantom(k=2, damping=0.5), "unroll"]
+ATTACHED_MODES = ALL_MODES[:-1]
+
+
+@pytest.mark.parametrize("z0_dtype,f_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+@pytest.mark.parametrize("mode", ALL_MODES, ids=repr)
+def test_value_has_z0_dtype_whatever_f_returns(mode, z0_dtype, f_dtype):
+    module, x, _ = build("tanh", 2, 2, 4)
+
+    def f(z):
+        return module(z.double(), x).to(f_dtype)
+
+    z0 = torch.zeros(x.shape, dtype=z0_dtype)
+    for grad_on in (False, True):
+        with torch.set_grad_enabled(grad_on):
+            z, _ = fixed_point(f, z0, grad=mode, tol=1e-5, max_iter=100)
+        assert z.dtype == z0_dtype and z.requires_grad == grad_on
+    (g,) = torch.autograd.grad(z.sum(), module.w)
+    assert g.dtype == torch.float64 and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, ids=repr)
+def test_inplace_f_gives_the_same_answer_and_gradient(mode):
+    module, x, weights = build("tanh", 4, 2, 5)
+    b = module.b
+
+    def f_inplace(z):  # z <- z + x in place, then tanh(W z + b); valid under autograd
+        return torch.tanh(z.add_(x) @ module.w.T + b)
+
+    z0 = torch.zeros_like(x)
+    kw = dict(grad=mode, solver="anderson", tol=1e-12, max_iter=300)
+    z, _ = fixed_point(f_inplace, z0, **kw)
+    assert not z0.any()
+    z_ref, _ = fixed_point(lambda z: torch.tanh((z + x) @ module.w.T + b), z0, **kw)
+    torch.testing.assert_close(z, z_ref, rtol=0, atol=1e-12)
+    loss, loss_ref = [(weights * v).sum() + 0.25 * v.pow(2).sum() for v in (z, z_ref)]
+    got = torch.autograd.grad(loss, [module.w, x])
+    ref = torch.autograd.grad(loss_ref, [module.w, x])
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+
+
+# ---- samples where f is not finite ------------------------------------------------------------
+
+def overflow_problem(constant: bool):
+    """f(z) = tanh(W z + x) + 0.01 exp(.) on 3 samples, where sample 1 overflows.
+
+    constant=False: exp(z), and sample 1 starts at z0 = 1000, so f is infinite at its start but
+    finite at 0. constant=True: exp(x) with x = 1000 at sample 1, infinite at every z.
+    """
+    gen = torch.Generator().manual_seed(3)
+    w = torch.nn.Parameter(spectral_normalised(5, 5, 0.5, gen))
+    x = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    z0 = torch.zeros_like(x)
+    if constant:
+        x[1] = 1000.0
+    else:
+        z0[1] = 1000.0
+    x.requires_grad_()
+
+    def f(z, x=x):
+        return torch.tanh(z @ w.T + x) + 0.01 * torch.exp(x if constant else z)
+
+    return w, x, z0, f
+
+
+def loss_of(z):
+    c = torch.linspace(-1, 1, z.shape[-1], dtype=z.dtype)  # the same for every sample
+    return (c * z).sum() + 0.25 * z.pow(2).sum()
+
+
+@pytest.mark.parametrize("mode", ATTACHED_MODES, ids=repr)
+def test_overflowing_sample_leaves_the_others_gradient_exact(mode):
+    w, x, z0, f = overflow_problem(constant=False)
+    kw = dict(grad=mode, tol=1e-12, max_iter=300)
+    z, info = fixed_point(f, z0, on_fail="ignore", **kw)
+    assert info.status.tolist() == [Status.CONVERGED, Status.NONFINITE_START, Status.CONVERGED]
+    gw, gx = torch.autograd.grad(loss_of(z), [w, x])  # the loss includes sample 1's finite z0
+    keep = [0, 2]
+    z_ref, _ = fixed_point(lambda z: f(z, x[keep]), z0[keep], **kw)  # without sample 1
+    gw_ref, gx_ref = torch.autograd.grad(loss_of(z_ref), [w, x])
+    # the same solves sample by sample: only summation order differs
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-12)
+    assert (gx[1] == 0).all()
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, ids=repr)
+def test_sample_infinite_everywhere_is_named_at_backward(mode):
+    w, x, z0, f = overflow_problem(constant=True)
+    z, info = fixed_point(f, z0, grad=mode, tol=1e-12, max_iter=300, on_fail="ignore")
+    assert info.status[1] == Status.NONFINITE_START
+    with pytest.warns(NonFiniteWarning, match=r"samples \[1\]"):
+        gw, gx = torch.autograd.grad(loss_of(z), [w, x])
+    if not isinstance(mode, (Phantom, str)):
+        # One evaluation at 0, where W sees sample 1 only through a finite tanh: W's gradient
+        # stays finite (Phantom's second step and unroll's iterates put inf into W's product).
+        assert torch.isfinite(gw).all() and torch.isfinite(gx[[0, 2]]).all()
+
+
+def test_unroll_names_samples_that_blew_up_at_backward():
+    w, x, z0, f = overflow_problem(constant=False)
+    z, _ = fixed_point(f, z0, grad="unroll", tol=1e-12, max_iter=300, on_fail="ignore")
+    with pytest.warns(NonFiniteWarning, match=r"samples \[1\]"):
+        z.sum().backward()
+
+
+# ---- higher derivatives -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", [Implicit(tol=1e-12), Neumann(k=2)], ids=repr)
+def test_first_order_modes_refuse_create_graph(mode):
+    module, x, weights = build("tanh", 5, 2, 4)
+    z, _ = fixed_point(lambda z: module(z, x), torch.zeros_like(x), grad=mode, **TIGHT)
+    with pytest.raises(NotImplementedError, match="first derivatives only"):
+        torch.autograd.grad(loss_of(z), module.w, create_graph=True)
+
+
+def test_unroll_second_derivatives_match_finite_differences():
+    module, x, weights = build("tanh", 5, 2, 4)
+    d = torch.randn(module.w.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    picard = dict(solver="picard", tol=1e-14, max_iter=2000)
+
+    def grad_w(**kw):
+        z, info = fixed_point(lambda z: module(z, x), torch.zeros_like(x), **kw)
+        assert info.converged.all()
+        return torch.autograd.grad(loss_of(z), module.w, create_graph=kw["grad"] == "unroll")[0]
+
+    (hvp,) = torch.autograd.grad((grad_w(grad="unroll", **picard) * d).sum(), module.w)
+    eps = 1e-5  # central differences of exact first derivatives: error ~eps^2 + 1e-13 / eps
+    with torch.no_grad():
+        module.w.add_(eps * d)
+    plus = grad_w(grad=Implicit(tol=1e-13, max_iter=500), **TIGHT)
+    with torch.no_grad():
+        module.w.sub_(2 * eps * d)
+    minus = grad_w(grad=Implicit(tol=1e-13, max_iter=500), **TIGHT)
+    with torch.no_grad():
+        module.w.add_(eps * d)
+    numeric = (plus - minus) / (2 * eps)
+    assert (hvp - numeric).norm() / numeric.norm() < 1e-6
+
+
+@pytest.mark.parametrize("k,damping", [(1, 1.0), (2, 0.5)])
+def test_phantom_and_onestep_second_derivatives_are_their_surrogates(k, damping):
+    # OneStep is Phantom(k=1, damping=1). Their graphs start at z* held fixed, so create_graph
+    # differentiates the surrogate W -> L(k damped steps from z*), written out here by hand.
+    module, x, z_star, _ = hand_setup()
+    d = torch.randn(module.w.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+    def surrogate(w):
+        z = z_star
+        for _ in range(k):
+            z = (1 - damping) * z + damping * torch.tanh(z @ w.T + x.detach() @ module.u.detach().T + module.b.detach())
+        return loss_of(z)
+
+    _, expected = torch.autograd.functional.hvp(surrogate, module.w.detach(), d)
+    mode = OneStep() if k == 1 else Phantom(k=k, damping=damping)
+    z, _ = fixed_point(lambda z: module(z, x), torch.zeros_like(x), grad=mode, **TIGHT)
+    (g,) = torch.autograd.grad(loss_of(z), module.w, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * d).sum(), module.w)
+    # z* and the surrogate's end point differ by the solve's 1e-13: so do the two products
+    torch.testing.assert_close(hvp, expected, rtol=1e-9, atol=1e-11)
 
 
 # ---- memory -----------------------------------------------------------------------------------

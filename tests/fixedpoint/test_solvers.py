@@ -14,6 +14,7 @@ from attractor import (
     ConfigError,
     FixedPointError,
     FixedPointWarning,
+    Phantom,
     Picard,
     Status,
     fixed_point,
@@ -178,7 +179,7 @@ def test_min_iter_and_max_iter(gen64):
     _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-3, min_iter=7)
     assert (info.iters == 7).all()
     z0 = torch.zeros_like(b)
-    z, info = fixed_point(linear_map(a, b), z0, solver="picard", max_iter=0)
+    z, info = fixed_point(linear_map(a, b), z0, solver="picard", max_iter=0, on_fail="ignore")
     assert z is z0 or torch.equal(z, z0)
     assert (info.iters == 0).all() and info.n_evals == 1
     # residual of z0 = 0: ||b|| / ||b|| = 1
@@ -262,3 +263,126 @@ def test_configured_solvers_reach_the_exact_solution(solver, gen64):
     z, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=solver, tol=1e-12, max_iter=3000)
     assert info.converged.all()
     torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-9, atol=0)
+
+
+# ---- inputs that used to be misread, and the ranking of iterates ------------------------------
+
+def test_unbatched_z0_is_refused():
+    # (N,) used to be solved as N scalar problems: wrong on any map that couples coordinates.
+    with pytest.raises(ConfigError, match="batch dimension"):
+        fixed_point(lambda z: 0.5 * z.flip(0), torch.ones(3))
+    with pytest.raises(ConfigError, match="batch dimension"):
+        fixed_point(lambda z: 0.5 * z, torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inplace_f_leaves_z0_alone_and_is_solved(solver, dtype, gen64):
+    a, b = contractive_linear(n=8, radius=0.5, batch=2, generator=gen64, dtype=dtype)
+
+    def f(z):  # writes its image into its argument
+        return z.copy_(z @ a.T + b)
+
+    z0 = torch.randn(b.shape, generator=gen64, dtype=torch.float64).to(dtype)
+    before = z0.clone()
+    for grad_on in (False, True):  # without autograd, and with the default implicit gradient
+        with torch.set_grad_enabled(grad_on):
+            z, info = fixed_point(f, z0, solver=solver, tol=1e-5, max_iter=200)
+        assert torch.equal(z0, before)
+        assert info.converged.all() and (info.iters > 0).all()
+        # tol 1e-5 relative residual at contraction 0.5 bounds the error by 2e-5 relative
+        torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-4, atol=1e-4)
+
+
+def test_f_that_writes_only_later_is_refused():
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return z.mul_(0.5) if len(calls) == 3 else 0.5 * z
+
+    with pytest.raises(ConfigError, match="in place"):
+        fixed_point(f, torch.ones(2, 3), solver="picard", tol=1e-8, max_iter=10)
+
+
+def test_max_iter_zero_honours_on_fail(gen64):
+    a, b = contractive_linear(n=4, radius=0.5, batch=2, generator=gen64)
+    with pytest.raises(FixedPointError):
+        fixed_point(linear_map(a, b), torch.zeros_like(b), max_iter=0, on_fail="raise")
+    with pytest.warns(FixedPointWarning):
+        fixed_point(linear_map(a, b), torch.zeros_like(b), max_iter=0, on_fail="warn")
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_tol_zero_counts_an_exact_fixed_point_as_converged(solver):
+    b = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
+    z0 = torch.stack([2 * b[0], torch.zeros(2, dtype=torch.float64)])  # sample 0 starts at z*
+    z, info = fixed_point(lambda z: 0.5 * z + b, z0, solver=solver, tol=0.0, max_iter=5, on_fail="ignore")
+    assert info.status[0] == Status.CONVERGED and info.converged[0] and info.iters[0] == 0
+    assert torch.equal(z[0], z0[0])
+
+
+def test_answer_is_the_iterate_with_the_lowest_absolute_residual():
+    # Picard on f(z) = A z with A = diag(0.5, 2): the residual g_k = (A - I) A^k z0 first shrinks
+    # (the 0.5 direction) then grows (the 2 direction), so the best iterate is in the middle,
+    # neither z0 nor the last one. The relative residual ||g|| / ||f(z)|| falls all along (from
+    # about 1 to 1/2) as the state grows, so ranking by it would pick the last, farthest iterate.
+    a = torch.diag(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    f = linear_map(a, torch.zeros(2, dtype=torch.float64))
+    z0 = torch.tensor([[1.0, 1e-3], [1.0, 1e-5]], dtype=torch.float64)
+    iterates = [z0]
+    for _ in range(12):
+        z_prev = iterates[-1]
+        iterates.append(z_prev + 1.0 * (f(z_prev) - z_prev))  # the loop's Picard step, bit for bit
+    zs = torch.stack(iterates)  # (13, B, 2)
+    absolute = (f(zs) - zs).norm(dim=-1)  # (13, B)
+    best = absolute.argmin(0)
+    assert 0 < best[0] < 12 and 0 < best[1] < 12 and best[0] != best[1]
+    assert (relative_residual(zs.flatten(0, 1), f(zs).flatten(0, 1)).view(13, 2).argmin(0) == 12).all()
+    z, info = fixed_point(f, z0, solver="picard", tol=1e-9, max_iter=12, on_fail="ignore")
+    assert torch.equal(z, zs[best, torch.arange(2)])
+    torch.testing.assert_close(info.residual, relative_residual(z, f(z)))
+    assert (info.status == Status.MAX_ITER).all()
+
+
+def test_converged_answer_meets_tol_even_where_an_earlier_iterate_was_smaller(gen64):
+    # z0 = 0 and a tiny b: f(z0) - z0 = b is small in absolute terms, smaller than the residual
+    # of the converged iterate, yet its relative residual is 1. The converged iterate must win.
+    a = torch.tensor([[0.0, 50.0], [0.0, 0.0]], dtype=torch.float64)  # nilpotent, non-normal
+    b = torch.tensor([[0.0, 1e-3]], dtype=torch.float64)
+    z, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-3, max_iter=5)
+    assert info.converged.all()
+    torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-12, atol=0)
+
+
+BAD_OPTIONS = [
+    (dict(tol="1e-4"), "tol"),
+    (dict(tol=None), "tol"),
+    (dict(tol=float("nan")), "tol"),
+    (dict(max_iter=True), "max_iter"),
+    (dict(max_iter=None), "max_iter"),
+    (dict(max_iter=5.0), "max_iter"),
+    (dict(min_iter="2"), "min_iter"),
+    (dict(on_fail=None), "on_fail"),
+    (dict(trace="yes"), "trace"),
+    (dict(prefix_stop=1), "prefix_stop"),
+    (dict(batch_dims=1.0), "batch_dims"),
+    (dict(solver=Anderson), "Anderson is a class"),
+    (dict(solver=None), "solver"),
+    (dict(grad=Phantom), "Phantom is a class"),
+    (dict(grad=None), "gradient mode"),
+]
+
+
+@pytest.mark.parametrize("options,field", BAD_OPTIONS, ids=[str(o) for o, _ in BAD_OPTIONS])
+def test_bad_options_are_config_errors(options, field):
+    with pytest.raises(ConfigError, match=field):
+        fixed_point(lambda z: 0.5 * z, torch.ones(2, 3), **options)
+
+
+def test_numpy_integers_are_counts(gen64):
+    np = pytest.importorskip("numpy")
+    a, b = contractive_linear(n=4, radius=0.5, batch=2, generator=gen64)
+    _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=np.int32(2)),
+                          max_iter=np.int64(6), min_iter=np.int16(6), on_fail="ignore")
+    assert (info.iters == 6).all()
