@@ -7,5 +7,15 @@ from attractor.errors import ConfigError
 from attractor.fixedpoint import *  # noqa: F403  (the core API, listed in its __all__)
 from attractor.fixedpoint import __all__ as _core_all
 
-__all__ = ["ConfigError", *_core_all]
+__all__ = ["ConfigError", "load", *_core_all]
+
+
+def load(path, *, device="cpu"):
+    """The model a training run saved (a checkpoint, or a run directory's newest), in eval mode.
+
+    Imported lazily, so `import attractor` stays the light core.
+    """
+    from attractor.run import load as load_model
+
+    return load_model(path, device=device)
 __version__ = "0.1.0"

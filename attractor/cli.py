@@ -1,17 +1,27 @@
-"""Command line: `attractor <command>` (or `python -m attractor <command>`).
+"""Command line: `attractor <command>` (or `python -m attractor <command>`; `torchrun ... -m
+attractor train` for several processes).
 
-Errors a user can cause (unknown names, bad values) print as one line and exit with code 2.
+    attractor models [NAME ...]
+    attractor train --preset NAME --out DIR [--data PATH|kjv] [--steps N] [--set key=value ...]
+                    [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
+    attractor eval --checkpoint DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
+    attractor generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--iters K]
+                    [--temperature T] [--top-k K] [--seed S]
+
+Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
+checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from attractor.errors import ConfigError
 
 
-def cmd_models(args: argparse.Namespace) -> None:
+def cmd_models(args: argparse.Namespace) -> int:
     """Print every model preset with its parameter counts and forward FLOPs per token."""
     from attractor.models import PRESETS, describe
 
@@ -24,24 +34,133 @@ def cmd_models(args: argparse.Namespace) -> None:
               f"{r['flops_base'] / 1e9:10.4f} {per_iter}")
     print("dense: parameters in matrix multiplies (the embedding lookup is excluded); GFLOP/tok: "
           "forward with no recurrent iterations; +/iter: each attractor evaluation or loop.")
+    return 0
 
 
-COMMANDS = {"models": cmd_models}
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model preset on a corpus into a run directory (or resume the run there)."""
+    from attractor import io
+    from attractor.config import RunConfig, run_config
+    from attractor.run import train
+    from attractor.train import NonFiniteError
+
+    flags = [f"train.{k}={v}" for k, v in (("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every),
+                                           ("eval_every", args.eval_every)) if v is not None]
+    if args.preset is None:
+        if not args.resume:
+            raise ConfigError("--preset is required (see `attractor models`), unless --resume continues a run")
+        if args.data is not None or args.steps is not None or args.set or flags:
+            raise ConfigError("--resume without --preset continues the saved run unchanged: drop the other options")
+        run = RunConfig.from_dict(io.load_checkpoint(args.out, with_state=False).config)
+    else:
+        run = run_config(args.preset, [*flags, *args.set], data=args.data, steps=args.steps)
+    try:
+        trainer = train(run, args.out, resume=args.resume, progress=not args.quiet)
+    except NonFiniteError as err:
+        print(f"attractor: error: {err}", file=sys.stderr)
+        return 1
+    if trainer.rank == 0:
+        print(f"trained {trainer.step} steps, {trainer.tokens} tokens ({trainer.skipped} skipped); run in {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Validation loss and perplexity of a checkpoint at each depth, with solve statistics."""
+    from attractor.data import prepare, val_batches
+    from attractor.evaluate import depth_sweep, parse_depths
+    from attractor.run import load_run
+
+    try:
+        depths = parse_depths(args.iters)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    model, _, run, step = load_run(args.checkpoint)
+    data = prepare(run.data, progress=False)
+    batch = run.train.batch_size // run.train.grad_accum
+    batches = val_batches(data.val, batch, run.model.seq_len, max_batches=args.batches or run.train.eval_batches)
+    rows = depth_sweep(model, batches, depths)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
+                          "sweep": rows}))
+    else:
+        print(f"{type(model).__name__} at step {step}, {rows[0]['val_tokens']} validation tokens")
+        print(f"{'iters':>9} {'loss':>8} {'ppl':>9} {'depth':>6} {'evals':>6} {'converged':>9}")
+        for r in rows:
+            print(f"{r['iters']!s:>9} {r['val_loss']:8.4f} {r['val_ppl']:9.3f} {r.get('val_depth', float('nan')):6.2f} "
+                  f"{r.get('val_n_evals', float('nan')):6.1f} {r.get('val_converged', float('nan')):9.3f}")
+        for r in rows:
+            if "val_residuals" in r:
+                print("residuals per token (adaptive): " + ", ".join(f"{k}: {v}" for k, v in r["val_residuals"].items()))
+    if args.plot:
+        from attractor.plots import plot_sweep
+
+        plot_sweep({type(model).__name__: rows}, args.plot)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Continue a prompt with a trained checkpoint."""
+    from attractor.generate import sample
+    from attractor.run import load_run
+
+    model, tokenizer, _, _ = load_run(args.checkpoint)
+    prompt = tokenizer.encode(args.prompt)
+    try:
+        new = sample(model, prompt, max_new_tokens=args.max_new_tokens, iters=args.iters,
+                     temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(args.prompt + tokenizer.decode(new))
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attractor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+
     models = sub.add_parser("models", help=cmd_models.__doc__)
     models.add_argument("names", nargs="*", help="presets to show (default: all)")
+
+    train = sub.add_parser("train", help=cmd_train.__doc__)
+    train.add_argument("--preset", help="model preset (attractor models lists them)")
+    train.add_argument("--out", required=True, help="run directory: metrics, checkpoints")
+    train.add_argument("--data", help="kjv (embedded default), a .txt/.jsonl file or folder, or hf:NAME")
+    train.add_argument("--steps", type=int, help="total optimiser steps of the run (the schedule's length)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any config field: model.d=64, tol=1e-4, train.lr=1e-3, data.tokenizer=bpe")
+    train.add_argument("--log-every", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--eval-every", type=int)
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help=cmd_eval.__doc__)
+    ev.add_argument("--checkpoint", required=True, help="a checkpoint or a run directory (its newest)")
+    ev.add_argument("--iters", default="0,1,2,4,8,adaptive", help="depths to evaluate, comma-separated")
+    ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
+
+    gen = sub.add_parser("generate", help=cmd_generate.__doc__)
+    gen.add_argument("--checkpoint", required=True)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--iters", type=int, help="recurrent depth (default: adaptive)")
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--seed", type=int, default=0)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from attractor.io import CheckpointError
+
     try:
-        COMMANDS[args.command](args)
-    except ConfigError as err:
+        return COMMANDS[args.command](args)
+    except (ConfigError, CheckpointError) as err:
         print(f"attractor: error: {err}", file=sys.stderr)
         return 2
-    return 0

@@ -10,6 +10,7 @@ library and `attractor.errors` only, so every layer may use it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import numbers
 import operator
 import types
@@ -47,6 +48,12 @@ def _coerce(value, annotation):
             if out is not _NO_MATCH:
                 return out
         return _NO_MATCH
+    if origin is tuple:  # fixed length, e.g. tuple[float, float]; JSON gives a list
+        args = typing.get_args(annotation)
+        if not isinstance(value, (tuple, list)) or len(value) != len(args):
+            return _NO_MATCH
+        items = tuple(_coerce(v, a) for v, a in zip(value, args))
+        return _NO_MATCH if any(i is _NO_MATCH for i in items) else items
     if annotation is type(None):
         return value if value is None else _NO_MATCH
     if isinstance(value, bool) or (type(value).__name__ == "bool_"):  # numpy bools too
@@ -134,3 +141,25 @@ def override(cfg, key: str, value):
         return dataclasses.replace(cfg, **{head: value})
     except TypeError as err:
         raise ConfigError(f"{type(cfg).__name__}: {err}") from err
+
+
+def annotation_at(cfg, key: str):
+    """The type annotation of the field at dotted path `key` inside the config object `cfg`."""
+    head, _, rest = key.partition(".")
+    if not dataclasses.is_dataclass(cfg):
+        raise ConfigError(f"cannot set {key!r} inside {type(cfg).__name__}, which has no fields")
+    check_name(head, [f.name for f in dataclasses.fields(cfg)], f"config key for {type(cfg).__name__}")
+    return annotation_at(getattr(cfg, head), rest) if rest else typing.get_type_hints(type(cfg))[head]
+
+
+def parse_value(text: str, annotation):
+    """A command-line value for a field: JSON if it parses (64, 1e-4, true, null, [0.9, 0.95],
+    {"name": "anderson", "m": 3}), else the text itself ("picard", "data/corpus.txt"); a text
+    field keeps its text even when it looks like a number. The field's own check follows."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if _coerce(value, annotation) is _NO_MATCH and _coerce(text, annotation) is not _NO_MATCH:
+        return text
+    return value

@@ -113,6 +113,8 @@ def check_depth(iters, family: str) -> None:
 class TiedLM(nn.Module):
     """Token embedding E, and decoding by norm(h) @ E^T (or an untied head)."""
 
+    has_depth = True  # takes iters=k; the plain transformer sets False
+
     def __init__(self, vocab_size: int, d: int, tied: bool = True):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d)

@@ -152,19 +152,24 @@ def override(cfg, **overrides):
     (`tol=1e-4`, `solver="picard"`, `grad=Phantom(k=3)`). Unknown names and keys, and values of
     the wrong type or range, raise ConfigError naming the field.
     """
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    solve_fields = {f.name for f in dataclasses.fields(SolveConfig)} if "solve" in fields else set()
     for key, value in overrides.items():
-        head = key.partition(".")[0]
-        check_name(head, fields | solve_fields, f"config key for {type(cfg).__name__}")
-        path = f"solve.{key}" if head not in fields else key
         try:
-            cfg = schema.override(cfg, path, value)
+            cfg = schema.override(cfg, key_path(cfg, key), value)
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{key}={value!r}: {err}") from None
     return cfg
+
+
+def key_path(cfg, key: str) -> str:
+    """The dotted path an override key names: itself, or solve.<key> for a solve field given
+    directly ('tol' -> 'solve.tol'). Unknown first names raise ConfigError with suggestions."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    solve_fields = {f.name for f in dataclasses.fields(SolveConfig)} if "solve" in fields else set()
+    head = key.partition(".")[0]
+    check_name(head, fields | solve_fields, f"config key for {type(cfg).__name__}")
+    return key if head in fields else f"solve.{key}"
 
 
 def build(name: str, **overrides) -> nn.Module:

@@ -29,6 +29,8 @@ class TransformerConfig:
 
 
 class TransformerLM(TiedLM):
+    has_depth = False  # a fixed stack: `iters` is refused
+
     def __init__(self, cfg: TransformerConfig):
         super().__init__(cfg.vocab_size, cfg.d)
         self.cfg = cfg

@@ -1,0 +1,134 @@
+"""A run's configuration: the model (any family, its solve included), the data and the trainer.
+
+    run = run_config("attractor-1m", ["tol=1e-4", "train.lr=1e-3", "data.tokenizer=bpe"])
+
+The preset names a model (`attractor models` lists them); data and trainer start from their
+defaults. `--set key=value` reaches any field: `model.<field>`, `data.<field>`, `train.<field>`,
+dotted paths below them (`model.solve.solver.m=3`), or a bare field name when exactly one part
+of the config has it (`tol`, `lr`, `steps`, `vocab_size`...). Values are JSON when they parse
+(`64`, `1e-4`, `true`, `null`, `{"name": "anderson", "m": 3}`), else text (`picard`). Every
+unknown key or badly typed value is a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from attractor import schema
+from attractor.data import DataConfig
+from attractor.errors import ConfigError
+from attractor.models import config as model_config
+from attractor.models import config_from_dict, config_to_dict, override
+from attractor.models.registry import key_path
+from attractor.train import TrainConfig
+
+SECTIONS = ("model", "data", "train")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: object  # a model config of any family (AttractorLMConfig, TransformerConfig, ...)
+    data: DataConfig
+    train: TrainConfig
+
+    def __post_init__(self) -> None:
+        schema.require(self.model.vocab_size == self.data.vocab_size,
+                       f"model.vocab_size={self.model.vocab_size} must equal data.vocab_size={self.data.vocab_size} "
+                       "(the tokenizer's); set data.vocab_size and the model follows")
+
+    def to_dict(self) -> dict:
+        """JSON-safe data with the model's family tag; `from_dict` rebuilds it exactly."""
+        return {"model": config_to_dict(self.model), "data": schema.to_dict(self.data),
+                "train": schema.to_dict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError("a run config must be a mapping with model, data and train")
+        for key in data:
+            schema.check_name(key, SECTIONS, "run config section")
+        return cls(config_from_dict(data.get("model", {})), schema.from_dict(DataConfig, data.get("data", {})),
+                   schema.from_dict(TrainConfig, data.get("train", {})))
+
+
+def split_setting(text: str) -> tuple[str, str]:
+    """'key=value' -> (key, value); anything else is a ConfigError."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    return key.strip(), value
+
+
+def _top_names(run: RunConfig, section: str) -> set[str]:
+    """Field names a key may start with in a section (the model's include its solve's)."""
+    names = {f.name for f in dataclasses.fields(getattr(run, section))}
+    if section == "model" and "solve" in names:
+        names |= {f.name for f in dataclasses.fields(run.model.solve)}
+    return names
+
+
+def section_of(key: str, run: RunConfig) -> tuple[str, str]:
+    """(section, path inside it) for an override key, resolving bare names (see module doc)."""
+    head, _, rest = key.partition(".")
+    if head in SECTIONS:
+        if not rest:
+            raise ConfigError(f"--set {key}: name a field of {head}, e.g. {head}.{dataclasses.fields(getattr(run, head))[0].name}")
+        return head, rest
+    owners = [s for s in SECTIONS if head in _top_names(run, s)]
+    if len(owners) > 1:
+        raise ConfigError(f"--set {key}: ambiguous, it is a field of {' and '.join(owners)}; "
+                          f"write {' or '.join(f'{o}.{key}' for o in owners)}")
+    if not owners:
+        known = set().union(*(_top_names(run, s) for s in SECTIONS))
+        schema.check_name(head, known, "config key")
+    return owners[0], key
+
+
+def apply_settings(run: RunConfig, settings: list[str]) -> RunConfig:
+    """`run` with each 'key=value' applied in order, validated once at the end (so that
+    `min_iter=40 max_iter=64` works whatever the order). Setting data.vocab_size moves the
+    model's vocabulary with it unless model.vocab_size is set too."""
+    tree = run.to_dict()
+    vocab_set = {"model": False, "data": False}
+    for text in settings:
+        key, raw = split_setting(text)
+        section, path = section_of(key, run)
+        if section == "model":
+            path = key_path(run.model, path)
+        try:
+            value = schema.parse_value(raw, schema.annotation_at(getattr(run, section), path))
+        except ConfigError:  # a field of a solver chosen by an earlier setting: checked at the end
+            value = schema.parse_value(raw, object)
+        _set_path(tree[section], path.split("."), value, key)
+        if path == "vocab_size" and section in vocab_set:
+            vocab_set[section] = True
+    if vocab_set["data"] and not vocab_set["model"]:
+        tree["model"]["vocab_size"] = tree["data"]["vocab_size"]
+    return RunConfig.from_dict(tree)
+
+
+def _set_path(tree: dict, parts: list[str], value, key: str) -> None:
+    """tree[a][b][c] = value for parts [a, b, c]; a registry name replacing a solver's or
+    gradient's dict form becomes {"name": value}, so its options can follow."""
+    for part in parts[:-1]:
+        if not isinstance(tree.get(part), dict):
+            raise ConfigError(f"--set {key}: {part} has no fields to set")
+        tree = tree[part]
+    old = tree.get(parts[-1])
+    if isinstance(old, dict) and "name" in old and isinstance(value, str):
+        value = {"name": value}
+    tree[parts[-1]] = value
+
+
+def run_config(preset: str, settings: list[str] = (), *, data: str | None = None,
+               steps: int | None = None) -> RunConfig:
+    """The run for a model preset, with `--data`, `--steps` and `--set` applied (in that order).
+
+    The default tokenizer follows the preset's vocabulary: bytes for 256, BPE of that size else.
+    """
+    model = model_config(preset)
+    tokenizer = "bytes" if model.vocab_size == 256 else "bpe"
+    base = RunConfig(model, DataConfig(tokenizer=tokenizer, vocab_size=model.vocab_size), TrainConfig())
+    extra = ([f"data.source={data}"] if data is not None else []) + ([f"train.steps={steps}"] if steps is not None else [])
+    return apply_settings(base, [*extra, *settings])

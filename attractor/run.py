@@ -1,0 +1,202 @@
+"""A training run in a directory: start it, resume it, load what it made.
+
+    RUN/metrics.jsonl    one JSON object per logged step (step, loss, tokens, lr, tokens_per_s,
+                         grad_norm; depth, n_evals and converged for recurrent models)
+    RUN/eval.jsonl       one per evaluation (step, val_loss, val_ppl, solve statistics)
+    RUN/ckpt-<step>/     checkpoints (attractor/io.py), RUN/latest names the newest
+
+Starting into a directory that already holds a run is refused (nothing is overwritten); `resume`
+continues from the newest checkpoint that verifies, with the saved configuration, to the same
+end, and first cuts the logs back to that checkpoint's step, so a killed and resumed run leaves
+the same logs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from attractor import io
+from attractor.config import RunConfig
+from attractor.data import TokenBatches, Tokenizer, load_tokenizer, prepare, val_batches
+from attractor.errors import ConfigError
+from attractor.models import from_config
+from attractor.train import Callbacks, Trainer, distributed, write_jsonl
+
+
+def tokenizer_text(tokenizer: Tokenizer) -> str:
+    return json.dumps(tokenizer.to_json())
+
+
+def tokenizer_from_text(text: str) -> Tokenizer:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.json"
+        path.write_text(text)
+        return load_tokenizer(path)
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The model of a checkpoint (or of a run directory's newest), in eval mode, on `device`."""
+    return load_run(path, device=device)[0]
+
+
+def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, RunConfig, int]:
+    """(model in eval mode, tokenizer, run config, step) of a checkpoint or run directory."""
+    ckpt = io.load_checkpoint(path, with_state=False)
+    run = RunConfig.from_dict(ckpt.config)
+    with torch.device("meta"):
+        model = from_config(run.model)
+    try:
+        model.load_state_dict(ckpt.model_state, assign=True)
+    except RuntimeError as err:
+        raise io.CheckpointError(f"{ckpt.path}: weights do not fit the saved config ({str(err).splitlines()[0]})") from None
+    for name, buffer in model.named_buffers():
+        if buffer.is_meta:
+            raise io.CheckpointError(f"{ckpt.path}: buffer {name} missing from the weights")
+    return model.to(device).eval(), tokenizer_from_text(ckpt.tokenizer_json), run, ckpt.step
+
+
+def _data(run: RunConfig, rank: int, world: int, seq_len: int):
+    """The prepared data (rank 0 tokenises, the others wait and read its cache)."""
+    if world > 1 and rank != 0:
+        dist.barrier()
+    data = prepare(run.data, rank_zero=rank == 0, progress=rank == 0)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    if data.tokenizer.vocab_size != run.model.vocab_size:
+        raise ConfigError(f"tokenizer has {data.tokenizer.vocab_size} tokens but the model expects {run.model.vocab_size}")
+    return data
+
+
+def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+          log=print) -> Trainer:
+    """Train `run` into directory `out` (or resume the run there); returns the finished Trainer."""
+    out = Path(out)
+    rank, world, _ = distributed()
+    ckpt = None
+    if resume:
+        if io.checkpoints(out) or (out / "latest").exists():
+            ckpt = io.load_checkpoint(out)
+            saved = RunConfig.from_dict(ckpt.config)
+            if saved != run:
+                diff = _differences(saved.to_dict(), run.to_dict())
+                raise ConfigError(f"{out} holds a run with other settings ({diff}); --resume continues it "
+                                  "unchanged: drop the changes or train into another --out")
+    elif io.checkpoints(out) or (out / "metrics.jsonl").exists():
+        raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    torch.manual_seed(run.train.seed)
+    model = from_config(run.model)  # initialised from the seed, then overwritten on resume
+    seq_len = run.model.seq_len
+    data = _data(run, rank, world, seq_len)
+    micro_batch = run.train.batch_size // run.train.grad_accum
+    if micro_batch % world:
+        raise ConfigError(f"batch_size / grad_accum = {micro_batch} must be divisible by the {world} processes")
+    batches = TokenBatches(data.train, micro_batch, seq_len, seed=run.train.seed, rank=rank, world_size=world)
+    val = val_batches(data.val, micro_batch, seq_len, max_batches=run.train.eval_batches)
+    metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
+    bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
+    callbacks = Callbacks(
+        log=lambda r: write_jsonl(metrics, r),
+        evaluate=lambda r: (write_jsonl(evals, r), bar.write(_eval_line(r)) if bar.bar else log(_eval_line(r))),
+        checkpoint=lambda step: save(trainer, run, data.tokenizer, out),
+        progress=lambda r: bar.update(r),
+    )
+    trainer = Trainer(model, batches, val, run.train, callbacks)
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state)
+        trainer.load_state_dict(ckpt.state)
+        bar.start(trainer.step)
+        if rank == 0:
+            for path in (metrics, evals):
+                _truncate_log(path, trainer.step)
+    elif rank == 0:  # a fresh run, or a resumed one killed before its first checkpoint
+        out.mkdir(parents=True, exist_ok=True)
+        for path in (metrics, evals):
+            _truncate_log(path, 0)
+        io.atomic_write_json(out / "config.json", run.to_dict())
+    try:
+        trainer.fit()
+    finally:
+        bar.close()
+    return trainer
+
+
+def save(trainer: Trainer, run: RunConfig, tokenizer: Tokenizer, out: Path) -> Path:
+    return io.save_checkpoint(out, trainer.step, model_state=trainer.model.state_dict(), config=run.to_dict(),
+                              tokenizer_json=tokenizer_text(tokenizer), state=trainer.state_dict())
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the lines of a JSON-lines log up to `step` (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    io.atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> str:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            inner = _differences(x, y, f"{prefix}{k}.")
+            if inner:
+                out.append(inner)
+        elif x != y:
+            out.append(f"{prefix}{k}: {x!r} -> {y!r}")
+    return ", ".join(out)
+
+
+def _eval_line(r: dict) -> str:
+    extra = f", depth {r['val_depth']:.1f}" if "val_depth" in r else ""
+    return f"step {r['step']}: val loss {r['val_loss']:.4f}, ppl {r['val_ppl']:.2f}{extra}"
+
+
+class _progress_bar:
+    """tqdm with loss, tokens/s and the solve's depth; silent when disabled or tqdm is absent."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, dynamic_ncols=True, leave=True)
+        self.tokens, self.time = None, None
+
+    def start(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def update(self, r: dict) -> None:
+        if self.bar is None:
+            return
+        import time
+
+        now = time.perf_counter()
+        post = {"loss": f"{r['loss']:.3f}"}
+        if self.time is not None:
+            post["tok/s"] = f"{(r['tokens'] - self.tokens) / max(now - self.time, 1e-9):.0f}"
+        if "depth" in r:
+            post["depth"] = f"{r['depth']:.1f}"
+        if "converged" in r:
+            post["conv"] = f"{r['converged']:.2f}"
+        self.tokens, self.time = r["tokens"], now
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

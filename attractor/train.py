@@ -1,0 +1,275 @@
+"""The one trainer: every model, every task, one process or many (torchrun).
+
+A plain loop, nanoGPT-style, around four ideas:
+- optimisers come from `model.param_groups()` (Muon for the groups labelled "muon", AdamW for
+  the rest), so the trainer never matches parameter names and serves every family alike;
+- a warmup-stable-decay schedule (linear warmup, constant, linear cooldown over the last
+  `cooldown` fraction of the run; SPEC 2.1 uses a 50% cooldown), gradient accumulation and
+  clipping, fp32 on CPU and bf16 autocast on CUDA;
+- a guard: a step whose gradient norm is not finite (NaN or inf in the loss or any gradient,
+  after the all-reduce, so every rank decides alike) is skipped; after `max_bad_steps` in a row
+  the run stops with an error instead of training on garbage;
+- everything a resume needs is state (`state_dict`): weights, optimisers, schedule, step, token
+  count, the data position and every random generator, so a resumed run repeats the
+  uninterrupted one's losses.
+
+Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
+(gloo on CPU, nccl on CUDA); each rank draws its rows of the same global batch, and only rank 0
+logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from attractor.errors import ConfigError
+from attractor.evaluate import depth_stats, evaluate
+from attractor.models.base import ModelOutput
+from attractor.schema import check_fields, require
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300  # optimiser steps in the run; the schedule's length too
+    batch_size: int = 16  # sequences per optimiser step, over all ranks and accumulation steps
+    grad_accum: int = 1  # micro-batches per optimiser step
+    lr: float = 3e-3  # base learning rate; Muon's is matched to AdamW's update RMS (see below)
+    weight_decay: float = 0.1  # base decoupled weight decay, times each group's wd_mult
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW
+    muon: bool = True  # Muon for the groups the model labels "muon"; False: AdamW for all
+    warmup: int = 20  # linear warmup steps
+    cooldown: float = 0.5  # fraction of the run at the end with a linear decay to 0 (SPEC 2.1: 50%)
+    clip: float | None = 1.0  # gradient-norm clipping; None: none (the norm is still logged)
+    max_bad_steps: int = 5  # consecutive non-finite steps skipped before the run stops
+    seed: int = 0  # model initialisation, data order, sampling
+    log_every: int = 10  # steps between metrics lines
+    eval_every: int | None = 100  # steps between evaluations (and at the end); None: never
+    eval_batches: int = 8  # validation batches per evaluation
+    checkpoint_every: int | None = 100  # steps between checkpoints (and at the end); None: end only
+    device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.steps >= 1, f"steps={self.steps} must be >= 1")
+        require(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+        require(self.batch_size % self.grad_accum == 0,
+                f"batch_size={self.batch_size} must be divisible by grad_accum={self.grad_accum}")
+        require(self.lr > 0 and self.weight_decay >= 0, "need lr > 0 and weight_decay >= 0")
+        require(all(0 <= b < 1 for b in self.betas), f"betas={self.betas} must be in [0, 1)")
+        require(self.warmup >= 0, f"warmup={self.warmup} must be >= 0")
+        require(0.0 <= self.cooldown <= 1.0, f"cooldown={self.cooldown} must be in [0, 1]")
+        require(self.clip is None or self.clip > 0, f"clip={self.clip} must be > 0 or None")
+        require(self.max_bad_steps >= 1 and self.log_every >= 1 and self.eval_batches >= 1,
+                "max_bad_steps, log_every and eval_batches must be >= 1")
+        require(self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1 or None")
+        require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1 or None")
+
+
+def wsd(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate factor at `step` (0-based): linear warmup, flat, linear cooldown to 0
+    (the lower of the two ramps where a short run makes them overlap)."""
+    warm = (step + 1) / (cfg.warmup + 1) if step < cfg.warmup else 1.0
+    decay_start = cfg.steps * (1.0 - cfg.cooldown)
+    cool = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
+    return min(warm, cool)
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """AdamW (and Muon) over the model's labelled parameter groups.
+
+    Each group's lr and weight decay are the base values times its multipliers. Muon's step is
+    rescaled to AdamW's update RMS (`adjust_lr_fn="match_rms_adamw"`, Liu et al. 2025, arXiv
+    2502.16982), so one base learning rate serves both optimisers.
+    """
+    adamw, muon = [], []
+    for g in model.param_groups():
+        group = {"params": g.params, "lr": cfg.lr * g.lr_mult, "weight_decay": cfg.weight_decay * g.wd_mult,
+                 "name": g.name}
+        (muon if g.optimizer == "muon" and cfg.muon else adamw).append(group)
+    optimizers = [torch.optim.AdamW(adamw, betas=cfg.betas)] if adamw else []
+    if muon:
+        optimizers.append(torch.optim.Muon(muon, adjust_lr_fn="match_rms_adamw"))
+    return optimizers
+
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank), initialising the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class Callbacks:
+    """Where the trainer's outputs go; the defaults do nothing (tests, library use)."""
+
+    log: Callable[[dict], None] = lambda record: None  # one metrics record per logged step
+    evaluate: Callable[[dict], None] = lambda record: None  # one record per evaluation
+    checkpoint: Callable[[int], None] = lambda step: None  # called at checkpoint steps (rank 0)
+    progress: Callable[[dict], None] = lambda record: None  # every step (a progress bar)
+
+
+class Trainer:
+    """Train `model` on batches from `train_batches` (an iterator of (idx, targets) that has
+    state_dict/load_state_dict), evaluating on the fixed list `val_batches`.
+
+    Call `fit()` to run to cfg.steps from the current step (0, or a loaded state's).
+    """
+
+    def __init__(self, model: nn.Module, train_batches: Iterator[tuple[Tensor, Tensor]],
+                 val_batches: list[tuple[Tensor, Tensor]], cfg: TrainConfig, callbacks: Callbacks | None = None):
+        self.rank, self.world, local_rank = distributed()
+        self.cfg, self.callbacks = cfg, callbacks or Callbacks()
+        self.device = pick_device(cfg.device, local_rank)
+        self.model = model.to(self.device)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+                    if self.world > 1 else None)
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.optimizers = make_optimizers(self.model, cfg)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: wsd(s, cfg)) for o in self.optimizers]
+        self.step, self.tokens, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
+        if cfg.precision == "bfloat16" or (cfg.precision == "auto" and self.device.type == "cuda"):
+            self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+        else:
+            self.autocast = contextlib.nullcontext
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        """One optimiser step over grad_accum micro-batches; returns its metrics."""
+        self.model.train()
+        net = self.ddp or self.model
+        loss_sum, outs, tokens = torch.zeros((), device=self.device), [], 0
+        for micro in range(self.cfg.grad_accum):
+            idx, targets = next(self.train_batches)
+            idx, targets = idx.to(self.device), targets.to(self.device)
+            sync = self.ddp is None or micro == self.cfg.grad_accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
+                out: ModelOutput = net(idx, targets)
+                (out.loss / self.cfg.grad_accum).backward()
+            loss_sum += out.loss.detach().float()
+            outs.append(out)
+            tokens += idx.numel()
+        if self.world > 1:  # log the global batch's loss, as one process would
+            dist.all_reduce(loss_sum)
+            loss_sum /= self.world
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip or math.inf)
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            for opt in self.optimizers:
+                opt.step()
+            self.bad_in_a_row = 0
+        else:
+            self.bad_in_a_row += 1
+            self.skipped += 1
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        for sched in self.schedulers:
+            sched.step()
+        self.step += 1
+        self.tokens += tokens * self.world
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            raise NonFiniteError(f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                                 f"(last at step {self.step}); stopping. Lower the learning rate or check the data.")
+        record = {"step": self.step, "loss": float(loss_sum) / self.cfg.grad_accum, "tokens": self.tokens,
+                  "lr": self.schedulers[0].get_last_lr()[0] if self.schedulers else 0.0,
+                  "grad_norm": float(grad_norm), "skipped": not finite}
+        record.update(depth_stats(outs))
+        return record
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, iters: int | None = None) -> dict:
+        """Mean loss over the validation batches at depth `iters` (None: the model's own)."""
+        return evaluate(self.model, self.val_batches[: self.cfg.eval_batches], iters=iters, device=self.device,
+                        autocast=self.autocast)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        """Train from the current step to cfg.steps, logging, evaluating and checkpointing."""
+        cfg, cb = self.cfg, self.callbacks
+        window_start, window_tokens = time.perf_counter(), self.tokens
+        while self.step < cfg.steps:
+            record = self.train_step()
+            cb.progress(record)
+            last = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or last:
+                now = time.perf_counter()
+                record["tokens_per_s"] = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
+                window_start, window_tokens = now, self.tokens
+                if self.rank == 0:
+                    cb.log(record)
+            if cfg.eval_every is not None and (self.step % cfg.eval_every == 0 or last) and self.val_batches:
+                result = {"step": self.step, "tokens": self.tokens, **self.evaluate()}
+                if self.rank == 0:
+                    cb.evaluate(result)
+            if (cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0) or last:
+                if self.rank == 0:
+                    cb.checkpoint(self.step)
+                if self.world > 1:
+                    dist.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Everything but the weights that a resume needs (the weights go to safetensors)."""
+        return {
+            "step": self.step, "tokens": self.tokens, "bad_in_a_row": self.bad_in_a_row, "skipped": self.skipped,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "data": json.dumps(self.train_batches.state_dict()),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.bad_in_a_row, self.skipped = state["bad_in_a_row"], state["skipped"]
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ConfigError("the checkpoint's optimisers do not match this run's (was `muon` changed?)")
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(s)
+        self.train_batches.load_state_dict(json.loads(state["data"]))
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def write_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line (rank 0 only calls this)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")

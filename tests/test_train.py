@@ -1,0 +1,187 @@
+"""The trainer: schedule, optimiser groups, the non-finite guard, exact resume, DDP = one process.
+
+Runs tiny models on a small generated corpus; `make test` runs them (about a minute in all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attractor.cli import main
+from attractor.config import run_config
+from attractor.run import train
+from attractor.train import NonFiniteError, Trainer, TrainConfig, make_optimizers, wsd
+
+ARCH = {
+    "attractor-1m": ["model.n_backbone=1"],
+    "transformer-1m": ["model.n_layer=2"],
+    "looped-1m": ["model.n_prelude=1", "model.n_recur=1", "model.n_coda=1", "model.mean_loops=2", "model.max_loops=4"],
+    "deq-1m": ["model.n_prelude=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """About 60 kB of text with structure to learn: sentences from a small grammar."""
+    gen = torch.Generator().manual_seed(0)
+    subjects, verbs, objects = ["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "finds"], ["a tree", "the sea", "bread"]
+    lines = []
+    for _ in range(2500):
+        pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=gen))]  # noqa: E731
+        lines.append(f"{pick(subjects)} {pick(verbs)} {pick(objects)}.")
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def tiny_settings(preset: str, cache: Path, *extra: str) -> list[str]:
+    return ["model.d=32", "model.n_head=2", "model.seq_len=32", "train.batch_size=4", "train.eval_batches=2",
+            "train.log_every=1", "train.warmup=2", "train.eval_every=4", "train.checkpoint_every=3",
+            f"data.cache_dir={cache}", *ARCH[preset], *extra]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_wsd_schedule_warms_up_holds_and_cools_down():
+    cfg = TrainConfig(steps=100, warmup=10, cooldown=0.5)
+    factors = [wsd(s, cfg) for s in range(100)]
+    assert factors[0] < factors[5] < factors[9] < 1.0 == factors[10] == factors[49] == factors[50]
+    assert factors[50] > factors[75] > factors[99] > 0 and abs(factors[75] - 0.5) < 1e-9
+
+
+def test_optimisers_follow_the_models_groups():
+    run = run_config("attractor-1m", ["model.d=32", "model.n_head=2"])
+    from attractor.models import from_config
+
+    model = from_config(run.model)
+    adamw, muon = make_optimizers(model, run.train)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    by_name = {g["name"]: g for o in (adamw, muon) for g in o.param_groups}
+    assert by_name["attractor"]["lr"] == run.train.lr * run.model.lr_mult
+    assert by_name["embedding"]["weight_decay"] == 0 and by_name["backbone"]["weight_decay"] == run.train.weight_decay
+    assert sum(len(g["params"]) for g in by_name.values()) == len(list(model.parameters()))
+    (only,) = make_optimizers(model, TrainConfig(muon=False))
+    assert isinstance(only, torch.optim.AdamW)
+
+
+class Batches:
+    def __init__(self, n=0):
+        self.n = n
+
+    def __next__(self):
+        self.n += 1
+        g = torch.Generator().manual_seed(self.n)
+        idx = torch.randint(0, 256, (2, 9), generator=g)
+        return idx[:, :-1], idx[:, 1:]
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops():
+    torch.manual_seed(0)
+    run = run_config("transformer-1m", ["model.d=32", "model.n_head=2", "model.n_layer=1", "model.seq_len=8"])
+    from attractor.models import from_config
+
+    model = from_config(run.model)
+    poisoned = {2, 3}
+    forward, calls = model.forward, [0]
+
+    def maybe_nan(idx, targets=None, **kw):
+        out = forward(idx, targets, **kw)
+        calls[0] += 1
+        if calls[0] in poisoned:
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.forward = maybe_nan
+    trainer = Trainer(model, Batches(), [], TrainConfig(steps=20, warmup=0, max_bad_steps=3))
+    trainer.train_step()
+    before = [p.detach().clone() for p in model.parameters()]
+    records = [trainer.train_step(), trainer.train_step()]
+    assert [r["skipped"] for r in records] == [True, True] and trainer.skipped == 2
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))  # nothing was applied
+    assert not trainer.train_step()["skipped"] and trainer.bad_in_a_row == 0
+    poisoned.update(range(5, 100))
+    with pytest.raises(NonFiniteError, match="3 steps in a row"):
+        for _ in range(5):
+            trainer.train_step()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("preset", ["attractor-1m", "looped-1m"])
+def test_a_killed_and_resumed_run_repeats_the_uninterrupted_losses(tmp_path, corpus, preset, monkeypatch):
+    settings = tiny_settings(preset, tmp_path / "cache")
+    full = tmp_path / "full"
+    train(run_config(preset, settings, data=str(corpus), steps=8), full, progress=False)
+
+    step = Trainer.train_step
+
+    def dies_after_five(self):
+        if self.step == 5:
+            raise Killed
+        return step(self)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(Trainer, "train_step", dies_after_five)
+    with pytest.raises(Killed):
+        train(run_config(preset, settings, data=str(corpus), steps=8), killed, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert len(losses(killed)) == 5  # logged up to the kill; the checkpoint is at step 3
+    assert main(["train", "--preset", preset, "--out", str(killed), "--data", str(corpus), "--steps", "8",
+                 "--quiet", "--resume", *[a for s in settings for a in ("--set", s)]]) == 0
+    a, b = losses(full), losses(killed)
+    assert len(a) == len(b) == 8
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=0, atol=1e-6)
+    evals = [json.loads(line)["step"] for line in (killed / "eval.jsonl").read_text().splitlines()]
+    assert evals == [4, 8]
+
+
+def test_load_returns_the_trained_model(tmp_path, corpus):
+    import attractor
+
+    settings = tiny_settings("deq-1m", tmp_path / "cache")
+    trainer = train(run_config("deq-1m", settings, data=str(corpus), steps=3), tmp_path / "run", progress=False)
+    model = attractor.load(tmp_path / "run")
+    assert not model.training and type(model) is type(trainer.model)
+    for (name, a), b in zip(trainer.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.ddp
+def test_two_processes_match_one(tmp_path, corpus):
+    settings = tiny_settings("attractor-1m", tmp_path / "cache", "train.eval_every=null", "train.checkpoint_every=null")
+    args = ["train", "--preset", "attractor-1m", "--data", str(corpus), "--steps", "4", "--quiet",
+            *[a for s in settings for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "attractor", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "attractor", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    # same global batch: the same losses (averaged over ranks) and weights, up to float32 summation order
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
+    from attractor.run import load
+
+    w1, w2 = load(tmp_path / "one").state_dict(), load(tmp_path / "two").state_dict()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
