@@ -7,7 +7,8 @@ Three kinds of source, named by one string (DataConfig.source):
 - a path: a .txt file (one document), a .jsonl file (one document per line, from its text
   field), or a folder searched recursively for both, in sorted order, hidden entries skipped.
 - "hf:<dataset>[:<config>]": the "train" split of a Hugging Face dataset, streamed (the
-  optional `data` extra); <dataset> may also be a local folder written by `save_to_disk`.
+  optional `data` extra); <dataset> may also be a local folder, written by `save_to_disk` or
+  holding data files that `datasets.load_dataset` reads (.jsonl, .parquet, ...).
 
 A corpus's `identity` is what the cache key hashes: the bytes of every local file (so editing
 one re-tokenises), and the name, config and field of a hub dataset (which is not downloaded to
@@ -191,13 +192,19 @@ def _hf_corpus(spec: str, text_field: str) -> Corpus:
         raise ConfigError(f"source 'hf:{spec}' needs the optional datasets package: "
                           "pip install 'attractor-models[data]'") from None
     local = Path(name)
-    if local.is_dir():  # written by Dataset.save_to_disk: hashed like local files
+    if local.is_dir():  # save_to_disk output or a folder of data files: hashed like local files
         files = sorted(p for p in local.rglob("*") if p.is_file())
-        identity = f"hf-disk|field={text_field}|{_hash_files(files, local)}"
+        identity = f"hf-local|{config}|field={text_field}|{_hash_files(files, local)}"
     else:
         identity = f"hf|{name}|{config}|train|field={text_field}"
-    return Corpus(_slug("hf-" + name.replace("/", "-")), identity,
+    slug = _slug("hf-" + (local.resolve().name if local.is_dir() else name.replace("/", "-")))
+    return Corpus(slug, identity,
                   lambda: _hf_documents(spec, name, config or None, text_field), remote=not local.is_dir())
+
+
+def _saved_to_disk(path: Path) -> bool:
+    """Whether `path` is a folder written by Dataset(Dict).save_to_disk."""
+    return any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
 
 
 def _hf_documents(spec: str, name: str, config: str | None, text_field: str) -> Iterator[str]:
@@ -209,7 +216,7 @@ def _hf_documents(spec: str, name: str, config: str | None, text_field: str) -> 
                            "the hf: source needs the `datasets` package and, for hub datasets, the network")
 
     try:
-        if Path(name).is_dir():
+        if _saved_to_disk(Path(name)):
             ds = datasets.load_from_disk(name)
             if isinstance(ds, datasets.DatasetDict):
                 ds = ds["train"]
