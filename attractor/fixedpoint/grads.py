@@ -75,7 +75,7 @@ def _finite_forward(run: Callable[[Tensor], Tensor], z_star: Tensor) -> tuple[Te
     """
     z = z_star.detach()
     y = run(z)
-    check_image(y, z, "f(z*)")
+    check_image(y, z, "f(z*)", "z*")
     zero = _nonfinite_samples(y)
     if not bool(zero.any()):
         return z, y, None, None

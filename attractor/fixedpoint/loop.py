@@ -130,11 +130,11 @@ def check_batched(z: Tensor, what: str = "z0") -> None:
                           f"{what}.unsqueeze(0), for B scalar problems {what}.unsqueeze(1)")
 
 
-def check_image(fz, z: Tensor, what: str = "f(z)") -> None:
+def check_image(fz, z: Tensor, what: str = "f(z)", name: str = "z0") -> None:
     """f must map z to a tensor of z's shape (a broadcasting closure would silently not)."""
     if not isinstance(fz, Tensor) or fz.shape != z.shape:
         got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
-        raise ValueError(f"{what} must have the shape of z0 {tuple(z.shape)}, got {got}")
+        raise ValueError(f"{what} must have the shape of {name} {tuple(z.shape)}, got {got}")
 
 
 def nonfinite_message(samples: Tensor, cause: str) -> str:

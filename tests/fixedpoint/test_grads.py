@@ -376,8 +376,9 @@ PROBE = PEAK_RSS_PRELUDE + textwrap.dedent("""
     f = lambda z: torch.tanh(z @ w.T + x)
     f(x).sum().backward(); w.grad = None                  # warm up allocator and autograd
     before = reset_peak()
-    # tol=0: every sample takes all max_iter steps
-    z, info = fixed_point(f, torch.zeros_like(x), grad=mode, tol=0.0, max_iter=max_iter, on_fail="ignore")
+    # min_iter=max_iter: every sample takes all max_iter steps (tol=0 would stop an exact fixed point)
+    z, info = fixed_point(f, torch.zeros_like(x), grad=mode, tol=0.0, max_iter=max_iter, min_iter=max_iter,
+                          on_fail="ignore")
     z.square().sum().backward()
     assert int(info.iters.min()) == max_iter
     print(json.dumps(peak_growth_mb(before)))
