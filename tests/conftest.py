@@ -133,3 +133,42 @@ def train_losses(model: torch.nn.Module, idx: torch.Tensor, targets: torch.Tenso
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+# ---- language-model runs: a small corpus and tiny models (tests of the trainer and the CLI) ----
+
+ARCH = {
+    "attractor-1m": ["model.n_backbone=1"],
+    "transformer-1m": ["model.n_layer=2"],
+    "looped-1m": ["model.n_prelude=1", "model.n_recur=1", "model.n_coda=1", "model.mean_loops=2", "model.max_loops=4"],
+    "deq-1m": ["model.n_prelude=1"],
+}
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """About 60 kB of text with structure to learn: sentences from a small grammar."""
+    gen = torch.Generator().manual_seed(0)
+    subjects, verbs, objects = ["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "finds"], ["a tree", "the sea", "bread"]
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    lines = [f"{pick(subjects)} {pick(verbs)} {pick(objects)}." for _ in range(2500)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def tiny_settings(preset: str, cache, *extra: str) -> list[str]:
+    """--set values for a run of a tiny model (d 32, context 32, batch 4) that logs every step."""
+    return ["model.d=32", "model.n_head=2", "model.seq_len=32", "train.batch_size=4", "train.eval_batches=2",
+            "train.log_every=1", "train.warmup=2", "train.eval_every=4", "train.checkpoint_every=3",
+            f"data.cache_dir={cache}", *ARCH[preset], *extra]
+
+
+def losses(run_dir) -> list[float]:
+    """The training losses a run logged, in order."""
+    import json
+
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

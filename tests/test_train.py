@@ -9,47 +9,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import losses, tiny_settings
 
 from attractor.cli import main
 from attractor.config import run_config
 from attractor.run import train
 from attractor.train import NonFiniteError, Trainer, TrainConfig, make_optimizers, wsd
-
-ARCH = {
-    "attractor-1m": ["model.n_backbone=1"],
-    "transformer-1m": ["model.n_layer=2"],
-    "looped-1m": ["model.n_prelude=1", "model.n_recur=1", "model.n_coda=1", "model.mean_loops=2", "model.max_loops=4"],
-    "deq-1m": ["model.n_prelude=1"],
-}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    """About 60 kB of text with structure to learn: sentences from a small grammar."""
-    gen = torch.Generator().manual_seed(0)
-    subjects, verbs, objects = ["the cat", "a dog", "my friend", "the king"], ["sees", "likes", "finds"], ["a tree", "the sea", "bread"]
-    lines = []
-    for _ in range(2500):
-        pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=gen))]  # noqa: E731
-        lines.append(f"{pick(subjects)} {pick(verbs)} {pick(objects)}.")
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def tiny_settings(preset: str, cache: Path, *extra: str) -> list[str]:
-    return ["model.d=32", "model.n_head=2", "model.seq_len=32", "train.batch_size=4", "train.eval_batches=2",
-            "train.log_every=1", "train.warmup=2", "train.eval_every=4", "train.checkpoint_every=3",
-            f"data.cache_dir={cache}", *ARCH[preset], *extra]
-
-
-def losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
 
 def test_wsd_schedule_warms_up_holds_and_cools_down():
     cfg = TrainConfig(steps=100, warmup=10, cooldown=0.5)
