@@ -87,6 +87,17 @@ def test_second_call_maps_the_cache_without_tokenising(tmp_path, monkeypatch):
     assert sorted(p.name for p in first.path.iterdir()) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
 
 
+def test_cached_call_writes_nothing(tmp_path):
+    """A finished cache is mapped without taking the lock (so a read-only cache folder works)."""
+    cfg = data_config(tmp_path, source=str(write_text(tmp_path / "a.txt")))
+    data = prepare(cfg)
+    for lock in (tmp_path / "cache").glob(".*.lock"):
+        lock.unlink()
+    before = sorted((tmp_path / "cache").rglob("*"))
+    assert prepare(cfg).from_cache and sorted((tmp_path / "cache").rglob("*")) == before
+    assert data.path in before
+
+
 def test_key_follows_content_and_tokenizer_config(tmp_path):
     path = write_text(tmp_path / "a.txt")
     keys = {prepare(data_config(tmp_path, source=str(path))).key}
