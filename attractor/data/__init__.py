@@ -11,7 +11,8 @@ See docs/data.md. Imports nothing above itself (no models, tasks or trainer).
 from attractor.data.batches import TokenBatches, val_batches
 from attractor.data.corpus import Corpus, kjv_documents, open_corpus
 from attractor.data.shards import DataConfig, PreparedData, cache_key, prepare
-from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer, train_bpe
+from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer, tokenizer_from_json, train_bpe
 
 __all__ = ["Corpus", "DataConfig", "PreparedData", "TokenBatches", "Tokenizer", "bytes_tokenizer", "cache_key",
-           "kjv_documents", "load_tokenizer", "open_corpus", "prepare", "train_bpe", "val_batches"]
+           "kjv_documents", "load_tokenizer", "open_corpus", "prepare", "tokenizer_from_json", "train_bpe",
+           "val_batches"]

@@ -110,15 +110,28 @@ def load_tokenizer(path) -> Tokenizer:
     """The tokenizer saved at `path`; a missing, truncated or foreign file raises one ConfigError line."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"tokenizer file '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"tokenizer file '{path}' is corrupt ({type(err).__name__}: {err})") from None
+    return tokenizer_from_json(text, where=f"tokenizer file '{path}'")
+
+
+def tokenizer_from_json(data: str | dict, where: str = "tokenizer JSON") -> Tokenizer:
+    """The tokenizer from `Tokenizer.to_json()`'s dict or its JSON text (as a checkpoint keeps it).
+
+    A truncated, foreign or wrong-version input raises one ConfigError line starting with `where`.
+    """
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{where} is corrupt (JSONDecodeError: {err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"tokenizer file '{path}' is not an attractor tokenizer (no format {FORMAT!r})")
+        raise ConfigError(f"{where} is not an attractor tokenizer (no format {FORMAT!r})")
     if data.get("version") != VERSION:
-        raise ConfigError(f"tokenizer file '{path}' has version {data.get('version')!r}; this code reads {VERSION}")
+        raise ConfigError(f"{where} has version {data.get('version')!r}; this code reads {VERSION}")
     kind, vocab_size = data.get("kind"), data.get("vocab_size")
     if kind == "bytes":
         return Tokenizer("bytes", vocab_size)
@@ -128,9 +141,9 @@ def load_tokenizer(path) -> Tokenizer:
         try:
             bpe = HFTokenizer.from_str(json.dumps(data["bpe"]))
         except Exception as err:  # the Rust side raises its own Exception type
-            raise ConfigError(f"tokenizer file '{path}' holds a broken BPE model ({err})") from None
+            raise ConfigError(f"{where} holds a broken BPE model ({err})") from None
         return Tokenizer("bpe", vocab_size, bpe)
-    raise ConfigError(f"tokenizer file '{path}' is corrupt (kind={kind!r}, vocab_size={vocab_size!r})")
+    raise ConfigError(f"{where} is corrupt (kind={kind!r}, vocab_size={vocab_size!r})")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from textdata import SMALL_TEXT
 
-from attractor.data import Tokenizer, bytes_tokenizer, load_tokenizer, train_bpe
+from attractor.data import Tokenizer, bytes_tokenizer, load_tokenizer, tokenizer_from_json, train_bpe
 from attractor.errors import ConfigError
 
 
@@ -93,3 +93,10 @@ def test_saved_file_is_plain_json(tmp_path, bpe):
     bpe.save(tmp_path / "tok.json")
     data = json.loads((tmp_path / "tok.json").read_text())
     assert data["kind"] == "bpe" and data["vocab_size"] == 300 and "model" in data["bpe"]
+
+
+def test_from_json_text_or_dict_as_a_checkpoint_keeps_it(bpe):
+    text = json.dumps(bpe.to_json())
+    assert tokenizer_from_json(text) == bpe == tokenizer_from_json(json.loads(text))
+    with pytest.raises(ConfigError, match="checkpoint tokenizer is corrupt"):
+        tokenizer_from_json(text[:50], where="checkpoint tokenizer")
