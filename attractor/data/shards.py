@@ -83,7 +83,7 @@ class PreparedData:
     from_cache: bool         # True when nothing was tokenised by this call
 
     def summary(self) -> str:
-        """One line: "kjv: 988,064 train + 52,003 val tokens (bpe, vocab 4096) in .cache/..."."""
+        """One line: "kjv: 985,938 train + 51,892 val tokens (bpe, vocab 4096) in .cache/..."."""
         t = self.tokenizer
         return (f"{self.meta['source']}: {len(self.train):,} train + {len(self.val):,} val tokens "
                 f"({t.kind}, vocab {t.vocab_size}) in {self.path}")
@@ -120,6 +120,8 @@ def prepare(cfg: DataConfig, *, rank_zero: bool = True, progress: bool = False) 
             return _load(final, from_cache=True)
         if final.exists():  # a folder without meta.json is no cache of ours: rebuild it
             shutil.rmtree(final)
+        for stale in root.glob(f".{key}.tmp-*"):  # left by a builder killed while holding the lock
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a shared cache is readable
         try:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from textdata import SMALL_TEXT, data_config, write_jsonl, write_text
 
-from attractor.data import DataConfig, prepare
+from attractor.data import DataConfig, cache_key, open_corpus, prepare
 from attractor.data import shards as shards_module
 from attractor.errors import ConfigError
 from attractor.schema import from_dict, to_dict
@@ -144,6 +144,14 @@ def test_corrupt_cache_is_one_line_error_and_half_folder_is_rebuilt(tmp_path):
     (data.path / "meta.json").unlink()  # a folder without meta.json is not a finished cache
     rebuilt = prepare(cfg)
     assert not rebuilt.from_cache and len(rebuilt.train) == len(data.train)
+
+
+def test_killed_builders_leftovers_are_cleared(tmp_path):
+    cfg = data_config(tmp_path, source=str(write_text(tmp_path / "a.txt")))
+    stale = tmp_path / "cache" / f".{cache_key(cfg, open_corpus(cfg.source))}.tmp-dead"
+    write_text(stale / "stream.bin", "half")
+    data = prepare(cfg)
+    assert not stale.exists() and [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [data.key]
 
 
 def test_concurrent_builders_build_once(tmp_path, monkeypatch):
