@@ -115,12 +115,12 @@ def prepare(cfg: DataConfig, *, rank_zero: bool = True, progress: bool = False) 
     if (final / "meta.json").is_file():
         return _load(final, from_cache=True)
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{key}.lock"):
+    with _file_lock(root / f".{key}.lock") as locked:
         if (final / "meta.json").is_file():  # built by another process while we waited
             return _load(final, from_cache=True)
         if final.exists():  # a folder without meta.json is no cache of ours: rebuild it
             shutil.rmtree(final)
-        for stale in root.glob(f".{key}.tmp-*"):  # left by a builder killed while holding the lock
+        for stale in root.glob(f".{key}.tmp-*") if locked else ():  # left by builders killed holding the lock
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.tmp-"))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a shared cache is readable
@@ -226,16 +226,17 @@ def _load(path: Path, *, from_cache: bool) -> PreparedData:
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    """An exclusive lock on `path` (fcntl.flock, released if the process dies). Where fcntl is
-    missing (Windows) builders are not serialised; the atomic rename still keeps caches whole."""
+    """An exclusive lock on `path` (fcntl.flock, released if the process dies); yields whether it
+    locked. Where fcntl is missing (Windows) builders are not serialised, and the atomic rename
+    alone keeps caches whole."""
     try:
         import fcntl
     except ImportError:
-        yield
+        yield False
         return
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)

@@ -172,7 +172,7 @@ def test_unlocked_race_keeps_the_first_rename(tmp_path, monkeypatch):
     """Without the lock (as on a system with no flock) two builders both finish; the second
     rename fails on the existing folder and that builder maps the winner's copy."""
     cfg = data_config(tmp_path, source=str(write_text(tmp_path / "a.txt")))
-    monkeypatch.setattr(shards_module, "_file_lock", lambda path: contextlib.nullcontext())
+    monkeypatch.setattr(shards_module, "_file_lock", lambda path: contextlib.nullcontext(False))
     both_built, real_build = threading.Barrier(2, timeout=30), shards_module._build
 
     def build_then_wait(*a):
