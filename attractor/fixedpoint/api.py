@@ -10,7 +10,14 @@ from torch import Tensor
 
 from attractor.errors import ConfigError, check_bool, check_int, check_name, check_real
 from attractor.fixedpoint.grads import GRADS, Unroll
-from attractor.fixedpoint.loop import ON_FAIL, FixedPointInfo, check_batched, report_failure, resolve_solver, solve
+from attractor.fixedpoint.loop import (
+    ON_FAIL,
+    FixedPointInfo,
+    check_batched,
+    report_failure,
+    resolve_solver,
+    solve,
+)
 
 
 def resolve_grad(grad):
@@ -19,7 +26,8 @@ def resolve_grad(grad):
         check_name(grad, GRADS, "gradient mode")
         return GRADS[grad]()
     if isinstance(grad, type):  # Phantom.attach exists too, as an unbound function
-        raise ConfigError(f"gradient mode {grad.__name__} is a class; pass an instance, e.g. {grad.__name__}()")
+        name = grad.__name__
+        raise ConfigError(f"gradient mode {name} is a class; pass an instance, e.g. {name}()")
     if not hasattr(grad, "attach"):
         raise ConfigError(f"gradient mode {grad!r} is neither a name nor an object with attach()")
     return grad
@@ -86,8 +94,8 @@ def fixed_point(
         z = z0
     else:
         with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
-            z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter, min_iter=min_iter,
-                            trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
+            z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
+                            min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
     if not bool(info.converged.all()):
         report_failure(info, on_fail, "fixed_point")
     if max_iter > 0 and torch.is_grad_enabled() and not unroll:

@@ -60,7 +60,9 @@ def _nonfinite_samples(y: Tensor) -> Tensor:
     return ~torch.isfinite(y).reshape(y.shape[0], -1).all(1)
 
 
-def _finite_forward(run: Callable[[Tensor], Tensor], z_star: Tensor) -> tuple[Tensor, Tensor, Tensor | None, str | None]:
+def _finite_forward(
+    run: Callable[[Tensor], Tensor], z_star: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None, str | None]:
     """The mode's differentiable evaluation `run(z) -> y` from z*, kept finite where possible.
 
     Samples whose y is not finite get no gradient (their incoming gradient is zeroed), but that
@@ -95,7 +97,8 @@ class _Attach(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y: Tensor, z_star: Tensor, fn, zero: Tensor | None, warning: str | None, mode: str) -> Tensor:
+    def forward(ctx, y: Tensor, z_star: Tensor, fn, zero: Tensor | None, warning: str | None,
+                mode: str) -> Tensor:
         ctx.fn, ctx.zero, ctx.warning, ctx.mode, ctx.dtype = fn, zero, warning, mode, y.dtype
         return z_star.view_as(z_star)
 

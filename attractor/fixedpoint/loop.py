@@ -1,10 +1,10 @@
 """The one solver loop behind `fixed_point`, and the per-sample report it returns.
 
-It evaluates f, keeps residuals and solver state in float32 or
-better whatever autocast says, freezes samples that have converged, honours min_iter, keeps the
-best iterate (see `solve` for the ranking), and replaces a non-finite or exploding step by a restart from the best
-iterate so far. Solvers (`solvers.py`) only propose the next iterate; gradient modes (`grads.py`)
-only decide what the backward pass does, and reuse this loop for the adjoint solve.
+It evaluates f, keeps residuals and solver state in float32 or better whatever autocast says,
+freezes samples that have converged, honours min_iter, keeps the best iterate (ranked in
+`solve`), and replaces a non-finite or exploding step by a restart from the best iterate so far.
+Solvers (`solvers.py`) only propose the next iterate; gradient modes (`grads.py`) only decide
+what the backward pass does, and reuse this loop for the adjoint solve.
 
 Counting convention: `iters` are solver steps. A sample that stopped after k steps had f
 evaluated k + 1 times (once at z0, once after every step); `max_iter=0` evaluates f once to
@@ -185,7 +185,8 @@ def solve(
     """
     check_batched(z0)
     if not 1 <= check_int(batch_dims, "batch_dims", 1) <= z0.dim():
-        raise ConfigError(f"batch_dims={batch_dims} must be in [1, {z0.dim()}] for z0 of shape {tuple(z0.shape)}")
+        raise ConfigError(f"batch_dims={batch_dims} must be in [1, {z0.dim()}] for z0 of shape "
+                          f"{tuple(z0.shape)}")
     if prefix_stop and batch_dims != 2:
         raise ValueError("prefix_stop needs batch_dims=2: units (b, t) ordered along dim 1")
     if z0.shape[0] == 0:

@@ -60,7 +60,10 @@ def test_each_sample_stops_on_its_own(solver, gen64):
     def f(z):
         return torch.einsum("bij,bj->bi", a, z) + b
 
-    z, info = fixed_point(f, torch.zeros_like(b), solver=solver, tol=1e-10, max_iter=1000)
+    z, info = fixed_point(f, torch.zeros_like(b), solver=solver, tol=1e-10, max_iter=1000, trace=True)
+    # once stopped, the easy sample no longer changes: its residual stays what it was
+    stopped_trace = info.trace[0, int(info.iters[0]):]
+    assert len(stopped_trace) > 1 and (stopped_trace == stopped_trace[0]).all()
     alone, alone_info = fixed_point(linear_map(easy_a, easy_b), torch.zeros_like(easy_b), solver=solver,
                                     tol=1e-10, max_iter=1000)
     assert info.converged.all()
