@@ -7,6 +7,7 @@ attractor train` for several processes).
     attractor eval --checkpoint DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
     attractor generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--iters K]
                     [--temperature T] [--top-k K] [--seed S]
+    attractor demo [--out runs/demo] [--steps N]
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
@@ -114,7 +115,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train an Attractor and a Transformer on the embedded corpus; compare, sweep, sample, plot."""
+    from attractor.demo import demo
+
+    demo(args.out, steps=args.steps, progress=not args.quiet)
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -152,6 +161,10 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.8)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--seed", type=int, default=0)
+    dm = sub.add_parser("demo", help=cmd_demo.__doc__)
+    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--steps", type=int, default=300, help="training steps per model")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

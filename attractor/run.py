@@ -14,7 +14,6 @@ the same logs as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from torch import nn
 
 from attractor import io
 from attractor.config import RunConfig
-from attractor.data import TokenBatches, Tokenizer, load_tokenizer, prepare, val_batches
+from attractor.data import TokenBatches, Tokenizer, prepare, tokenizer_from_json, val_batches
 from attractor.errors import ConfigError
 from attractor.models import from_config
 from attractor.train import Callbacks, Trainer, distributed, write_jsonl
@@ -31,13 +30,6 @@ from attractor.train import Callbacks, Trainer, distributed, write_jsonl
 
 def tokenizer_text(tokenizer: Tokenizer) -> str:
     return json.dumps(tokenizer.to_json())
-
-
-def tokenizer_from_text(text: str) -> Tokenizer:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokenizer.json"
-        path.write_text(text)
-        return load_tokenizer(path)
 
 
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -58,7 +50,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[n
     for name, buffer in model.named_buffers():
         if buffer.is_meta:
             raise io.CheckpointError(f"{ckpt.path}: buffer {name} missing from the weights")
-    return model.to(device).eval(), tokenizer_from_text(ckpt.tokenizer_json), run, ckpt.step
+    return model.to(device).eval(), tokenizer_from_json(ckpt.tokenizer_json, where=str(ckpt.path)), run, ckpt.step
 
 
 def _data(run: RunConfig, rank: int, world: int, seq_len: int):
