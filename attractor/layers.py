@@ -10,6 +10,7 @@ Dimension letters: B batch, T sequence, D width, H heads, K head size (D / H).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -18,20 +19,144 @@ from torch import Tensor, nn
 
 
 def rms_norm(x: Tensor) -> Tensor:
-    """Parameter-free RMSNorm over the last dim."""
-    return F.rms_norm(x, (x.size(-1),))
+    """Parameter-free RMSNorm over the last dim: x / sqrt(mean(x^2) + eps), eps = finfo(dtype).eps.
+
+    The values of `F.rms_norm(x, (D,))` up to rounding (the mean square comes from one
+    vector_norm pass); half types go to F.rms_norm itself, which computes in float32. On CPU,
+    F.rms_norm is a composite of five ops that autograd differentiates one by one; here the
+    backward is written out (`_RMSNorm`): about half the cost of forward + backward
+    (docs/benchmarks.md, "Hot path").
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        return F.rms_norm(x, (x.size(-1),))
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RMSNorm.apply(x)
+    return x * _rms_scale(x)
 
 
-def rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate pairs of channels of x (B, H, T, K) by position-dependent angles (RoPE)."""
-    t, k = x.shape[-2], x.shape[-1]
+def _rms_scale(x: Tensor) -> Tensor:
+    """1 / sqrt(mean(x^2) + eps) over the last dim, (..., 1)."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # one pass, no x^2 temporary
+    return torch.rsqrt(norm.square() / x.shape[-1] + torch.finfo(x.dtype).eps)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)).
+
+    The backward is made of differentiable ops, and under create_graph it recomputes r from x, so
+    second derivatives (double backward, Jacobian penalties) are exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        r = _rms_scale(x)
+        y = x * r
+        # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
+        # and ops on strided x were 3x slower here; the next Linear saves y anyway
+        ctx.save_for_backward(x, y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        x, y, r = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: recompute from x, so r and y depend on x
+            r = _rms_scale(x)
+            y = x * r
+            return r * (g - y * (g * y).mean(-1, keepdim=True))
+        gy = g * y  # the one fresh tensor of this backward, reused for the answer
+        c = r * gy.mean(-1, keepdim=True)  # (..., 1)
+        return torch.mul(g, r, out=gy).addcmul_(y, c, value=-1)  # r g - y r mean(g y)
+
+
+def relu_square(x: Tensor) -> Tensor:
+    """ReLU(x)^2, the values of `F.relu(x).square()` bit for bit, with a written-out backward
+    2 ReLU(x) g (autograd's own goes through pow and threshold backward)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ReluSquare.apply(x)
+    r = F.relu(x)
+    return r.mul_(r)  # in place: one fresh (B, T, 4D) tensor, not two
+
+
+class _ReluSquare(torch.autograd.Function):
+    """Saves x, not ReLU(x): the backward recomputes ReLU(x) from x, so it is differentiable again."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        r = F.relu(x)
+        return r.mul_(r)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: out of place, so autograd can record it
+            return 2 * F.relu(x) * g
+        return F.relu(x).mul_(g).mul_(2)
+
+
+@functools.lru_cache(maxsize=32)
+def _rotary_tables(t: int, k: int, base: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(cos, sin) tables of RoPE for positions 0..t-1 and head size k, (T, K) each, sin signed.
+
+    cos = [cos, cos] and sin = [-sin, sin] over the two halves of the head, so that
+    rotary(x) = x * cos + swap_halves(x) * sin. Angles are computed in float32 whatever `dtype`.
+    Cached per (T, K, base, device, dtype); built outside inference mode and without autograd, so
+    a table first made under torch.inference_mode() still serves a training step later.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        freqs = base ** (-torch.arange(0, k, 2, device=device, dtype=torch.float32) / k)  # (K/2,)
+        angles = torch.arange(t, device=device, dtype=torch.float32)[:, None] * freqs  # (T, K/2)
+        cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+def rotary(x: Tensor, t_dim: int = -2, base: float = 10000.0) -> Tensor:
+    """Rotate pairs of channels of x (..., T, ..., K) by position-dependent angles (RoPE).
+
+    Channel i of the first half of the head pairs with channel i of the second half; positions
+    run along `t_dim`, K is the last dim. The values of the textbook
+    cat([x1 cos - x2 sin, x1 sin + x2 cos]) up to rounding (addcmul may fuse multiply and add),
+    with the tables cached rather than recomputed at every call (the attractor's map is
+    evaluated many times per forward).
+    """
+    k = x.shape[-1]
     if k % 2:
         raise ValueError(f"rotary embeddings need an even head size, got {k}")
-    freqs = base ** (-torch.arange(0, k, 2, device=x.device, dtype=torch.float32) / k)  # (K/2,)
-    angles = torch.arange(t, device=x.device, dtype=torch.float32)[:, None] * freqs  # (T, K/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., : k // 2], x[..., k // 2 :]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    t_dim %= x.dim()
+    t = x.shape[t_dim]
+    tables = _rotary_tables.__wrapped__ if torch.compiler.is_compiling() else _rotary_tables
+    cos, sin = tables(t, k, base, x.device, x.dtype)
+    shape = (t,) + (1,) * (x.dim() - t_dim - 2) + (k,)  # T on t_dim, broadcast up to K
+    cos, sin = cos.view(shape), sin.view(shape)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rotary.apply(x, cos, sin)
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, sign: float = 1.0) -> Tensor:
+    """x cos + sign * swap_halves(x) sin, the swap never materialised (torch.roll is a cat, and
+    was the slowest op of the block on CPU)."""
+    h = x.shape[-1] // 2
+    out = x * cos
+    out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=sign)
+    out[..., h:].addcmul_(x[..., :h], sin[..., h:], value=sign)
+    return out
+
+
+class _Rotary(torch.autograd.Function):
+    """Backward of a rotation is the inverse rotation: g cos - swap_halves(g) sin (swapping
+    halves is its own inverse and turns [-sin, sin] into its negative). Linear in g with
+    constant tables, so it is differentiable again as written."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(g, cos, sin, sign=-1.0), None, None
 
 
 class Attention(nn.Module):
@@ -47,8 +172,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)  # (B, H, T, K) each
-        q, k = rotary(rms_norm(q)), rotary(rms_norm(k))
+        h = self.n_head
+        qk, v = self.qkv(x).split([2 * d, d], dim=-1)  # (B, T, 2D), (B, T, D); backward: one cat
+        qk = rotary(rms_norm(qk.view(b, t, 2, h, d // h)), t_dim=1)  # (B, T, 2, H, K): q and k at once
+        q, k = qk.permute(2, 0, 3, 1, 4)  # (B, H, T, K) each
+        v = v.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, K)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -62,7 +190,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * d, d, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())
+        return self.proj(relu_square(self.fc(x)))
 
 
 class Gate(nn.Module):
