@@ -16,14 +16,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(VENV)/.bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]' $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,bench,plot]' $(TORCH)
 	touch $(VENV)/.bench
+
+$(VENV)/.plot: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,plot]' $(TORCH)
+	touch $(VENV)/.plot
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-demo: $(VENV)/.bench
-	$(BIN)/python -m bench.solvers --quick
+# The main job on the embedded corpus: an Attractor and a Transformer, compared (about 10 minutes).
+demo: $(VENV)/.plot
+	$(BIN)/python -m attractor demo --out runs/demo
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench.solvers

@@ -60,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int | None = 100  # steps between checkpoints (and at the end); None: end only
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    compile: bool = False  # torch.compile the training forward (evaluation stays eager)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -153,6 +154,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
+        self.net = self.ddp or self.model  # what the training step calls
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.optimizers = make_optimizers(self.model, cfg)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: wsd(s, cfg)) for o in self.optimizers]
@@ -167,14 +171,13 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimiser step over grad_accum micro-batches; returns its metrics."""
         self.model.train()
-        net = self.ddp or self.model
         loss_sum, outs, tokens = torch.zeros((), device=self.device), [], 0
         for micro in range(self.cfg.grad_accum):
             idx, targets = next(self.train_batches)
             idx, targets = idx.to(self.device), targets.to(self.device)
             sync = self.ddp is None or micro == self.cfg.grad_accum - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
-                out: ModelOutput = net(idx, targets)
+                out: ModelOutput = self.net(idx, targets)
                 (out.loss / self.cfg.grad_accum).backward()
             loss_sum += out.loss.detach().float()
             outs.append(out)
