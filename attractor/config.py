@@ -19,7 +19,7 @@ from attractor import schema
 from attractor.data import DataConfig
 from attractor.errors import ConfigError
 from attractor.models import config as model_config
-from attractor.models import config_from_dict, config_to_dict, override
+from attractor.models import config_from_dict, config_to_dict
 from attractor.models.registry import key_path
 from attractor.train import TrainConfig
 

@@ -35,7 +35,8 @@ from typing import Literal
 import numpy as np
 
 from attractor.data.corpus import Corpus, open_corpus, read_file
-from attractor.data.tokenizer import Tokenizer, current_umask, atomic_write_text, bytes_tokenizer, load_tokenizer, train_bpe
+from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer, train_bpe
+from attractor.io import atomic_write_text, current_umask
 from attractor.errors import ConfigError
 from attractor.schema import check_fields, require, to_dict
 

@@ -11,12 +11,11 @@ file beside the run, written atomically, so a run can always be decoded later:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from attractor.errors import ConfigError
+from attractor.io import atomic_write_text
 
 FORMAT = "attractor-tokenizer"
 VERSION = 1
@@ -144,26 +143,3 @@ def tokenizer_from_json(data: str | dict, where: str = "tokenizer JSON") -> Toke
             raise ConfigError(f"{where} holds a broken BPE model ({err})") from None
         return Tokenizer("bpe", vocab_size, bpe)
     raise ConfigError(f"{where} is corrupt (kind={kind!r}, vocab_size={vocab_size!r})")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and os.replace: a reader
-    sees the old file or the new one, never half of either."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
