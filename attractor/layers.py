@@ -31,7 +31,12 @@ def rms_norm(x: Tensor) -> Tensor:
         return F.rms_norm(x, (x.size(-1),))
     if torch.is_grad_enabled() and x.requires_grad:
         return _RMSNorm.apply(x)
-    return x * _rms_scale(x)
+    return _scaled(x, _rms_scale(x))
+
+
+def _scaled(x: Tensor, r: Tensor) -> Tensor:
+    """x * r written into a contiguous tensor, whatever x's strides (a permuted slice of qkv)."""
+    return torch.mul(x, r, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
 def _rms_scale(x: Tensor) -> Tensor:
@@ -50,7 +55,7 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         r = _rms_scale(x)
-        y = x * r
+        y = _scaled(x, r)
         # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
         # and ops on strided x were 3x slower here; the next Linear saves y anyway
         ctx.save_for_backward(x, y, r)
@@ -174,8 +179,11 @@ class Attention(nn.Module):
         b, t, d = x.shape
         h = self.n_head
         qk, v = self.qkv(x).split([2 * d, d], dim=-1)  # (B, T, 2D), (B, T, D); backward: one cat
-        qk = rotary(rms_norm(qk.view(b, t, 2, h, d // h)), t_dim=1)  # (B, T, 2, H, K): q and k at once
-        q, k = qk.permute(2, 0, 3, 1, 4)  # (B, H, T, K) each
+        # q and k normed and rotated together; the norm reads the strided slice once and writes
+        # (2, B, H, T, K) contiguous, so the rotation, attention and every backward op after it
+        # see contiguous tensors (strided operands made those ops 3x slower)
+        qk = rotary(rms_norm(qk.view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)))  # (2, B, H, T, K)
+        q, k = qk.unbind(0)  # (B, H, T, K) each
         v = v.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, K)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
