@@ -92,9 +92,16 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     val = val_batches(data.val, micro_batch, seq_len, max_batches=run.train.eval_batches)
     metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
     bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
+    board = _Board(out, ckpt.step if ckpt is not None else 0) if rank == 0 else None
+
+    def log_record(record: dict, path: Path) -> None:
+        write_jsonl(path, record)
+        if board is not None:
+            board.add(record)
+
     callbacks = Callbacks(
-        log=lambda r: write_jsonl(metrics, r),
-        evaluate=lambda r: (write_jsonl(evals, r), bar.write(_eval_line(r)) if bar.bar else log(_eval_line(r))),
+        log=lambda r: log_record(r, metrics),
+        evaluate=lambda r: (log_record(r, evals), bar.write(_eval_line(r)) if bar.bar else log(_eval_line(r))),
         checkpoint=lambda step: save(trainer, run, data.tokenizer, out),
         progress=lambda r: bar.update(r),
     )
@@ -115,6 +122,8 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         trainer.fit()
     finally:
         bar.close()
+        if board is not None:
+            board.close()
     return trainer
 
 
@@ -148,6 +157,29 @@ def _differences(a: dict, b: dict, prefix: str = "") -> str:
 def _eval_line(r: dict) -> str:
     extra = f", depth {r['val_depth']:.1f}" if "val_depth" in r else ""
     return f"step {r['step']}: val loss {r['val_loss']:.4f}, ppl {r['val_ppl']:.2f}{extra}"
+
+
+class _Board:
+    """TensorBoard scalars in RUN/tensorboard when the tensorboard package is installed."""
+
+    def __init__(self, out: Path, step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # optional: metrics.jsonl holds the same numbers
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step or None)  # a resume rewrites later steps
+
+    def add(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 class _progress_bar:
