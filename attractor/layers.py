@@ -30,7 +30,7 @@ def rms_norm(x: Tensor) -> Tensor:
     if x.dtype not in (torch.float32, torch.float64):
         return F.rms_norm(x, (x.size(-1),))
     if torch.is_grad_enabled() and x.requires_grad:
-        return _RMSNorm.apply(x)
+        return _RMSNorm.apply(x)[0]
     return _scaled(x, _rms_scale(x))
 
 
@@ -53,24 +53,27 @@ class _RMSNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
         r = _rms_scale(x)
-        y = _scaled(x, r)
+        return _scaled(x, r), r
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
+        (x,), (y, r) = inputs, output
+        ctx.mark_non_differentiable(r)
         # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
         # and ops on strided x were 3x slower here; the next Linear saves y anyway
         ctx.save_for_backward(x, y, r)
-        return y
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
+    def backward(ctx, g: Tensor, _: Tensor) -> Tensor:
         x, y, r = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: recompute from x, so r and y depend on x
             r = _rms_scale(x)
             y = x * r
             return r * (g - y * (g * y).mean(-1, keepdim=True))
-        gy = g * y  # the one fresh tensor of this backward, reused for the answer
-        c = r * gy.mean(-1, keepdim=True)  # (..., 1)
-        return torch.mul(g, r, out=gy).addcmul_(y, c, value=-1)  # r g - y r mean(g y)
+        c = r * (g * y).mean(-1, keepdim=True)  # (..., 1)
+        return (g * r).addcmul_(y, c, value=-1)  # r g - y r mean(g y)
 
 
 def relu_square(x: Tensor) -> Tensor:
@@ -86,17 +89,20 @@ class _ReluSquare(torch.autograd.Function):
     """Saves x, not ReLU(x): the backward recomputes ReLU(x) from x, so it is differentiable again."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: Tensor) -> Tensor:
         r = F.relu(x)
         return r.mul_(r)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: out of place, so autograd can record it
             return 2 * F.relu(x) * g
-        return F.relu(x).mul_(g).mul_(2)
+        return (F.relu(x) * g).mul_(2)  # in place only on our own tensor: g may be vmapped
 
 
 @functools.lru_cache(maxsize=32)
@@ -154,9 +160,12 @@ class _Rotary(torch.autograd.Function):
     constant tables, so it is differentiable again as written."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        ctx.save_for_backward(cos, sin)
+    def forward(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         return _rotate(x, cos, sin)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: Tensor) -> None:
+        ctx.save_for_backward(inputs[1], inputs[2])
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, None]:

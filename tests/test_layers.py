@@ -187,6 +187,17 @@ def test_block_second_derivatives():  # double backward, with or without this ch
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # functorch's fallback, SDPA's too
+def test_vectorized_jacobians_match():
+    """jacobian(vectorize=True) and torch.func.jacrev batch the backward's grad: in-place ops
+    there must not mix batched and unbatched tensors."""
+    block = seeded_block(torch.float64, d=8, n_head=2)
+    x = torch.randn(1, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    loop = torch.autograd.functional.jacobian(block, x)
+    torch.testing.assert_close(torch.autograd.functional.jacobian(block, x, vectorize=True), loop)
+    torch.testing.assert_close(torch.func.jacrev(block)(x), loop)
+
+
 def test_attention_signature():
     attn = Attention(16, 2, causal=False)
     assert attn(torch.randn(2, 3, 16)).shape == (2, 3, 16)
