@@ -8,6 +8,7 @@ attractor train` for several processes).
     attractor generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--iters K]
                     [--temperature T] [--top-k K] [--seed S]
     attractor demo [--out runs/demo] [--steps N]
+    attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
@@ -123,7 +124,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo}
+def cmd_sudoku(args: argparse.Namespace) -> int:
+    """Sudoku: rate a file of puzzles (solution, rating), or generate rated unique puzzles."""
+    from attractor.data import sudoku
+
+    box = _box(args.box)
+    if args.action == "rate":
+        return sudoku.rate_file(args.file, box=box)
+    count = _positive(args.count, "--count")
+    from attractor.io import atomic_write_text
+
+    lines = [f"{p}\t{r}\n" for p, _, r in sudoku.generate(count, args.rating, rng=args.seed, box=box)]
+    if args.out:
+        atomic_write_text(args.out, "".join(lines))
+    else:
+        sys.stdout.write("".join(lines))
+    return 0
+
+
+def _box(text: str) -> tuple[int, int]:
+    rows, sep, cols = text.partition("x")
+    if not (sep and rows.isdigit() and cols.isdigit()):
+        raise ConfigError(f"--box {text!r} must be ROWSxCOLS, such as 3x3 (9x9 Sudoku) or 2x3 (6x6)")
+    from attractor.data.sudoku import geometry
+
+    geometry((int(rows), int(cols)))  # checks the size
+    return int(rows), int(cols)
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{flag}={value} must be at least 1")
+    return value
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
+            "sudoku": cmd_sudoku}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,6 +201,19 @@ def parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--steps", type=int, default=300, help="training steps per model")
     dm.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sd = sub.add_parser("sudoku", help=cmd_sudoku.__doc__).add_subparsers(dest="action", required=True)
+    rate = sd.add_parser("rate", help="print SOLUTION<tab>RATING per puzzle line of FILE (- for stdin); "
+                         "exit 1 if any is malformed, unsolvable or not unique")
+    rate.add_argument("file")
+    gen_s = sd.add_parser("generate", help="print N unique-solution puzzles as PUZZLE<tab>RATING lines")
+    gen_s.add_argument("--count", type=int, required=True)
+    gen_s.add_argument("--rating", help="LO:HI, the search nodes the solver needs (1 = singles alone); "
+                       "either side may be empty")
+    gen_s.add_argument("--seed", type=int, default=0)
+    gen_s.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    for sp in (rate, gen_s):
+        sp.add_argument("--box", default="3x3", help="box shape ROWSxCOLS: 3x3 is the 9x9 Sudoku, 2x3 the 6x6")
     return p
 
 
