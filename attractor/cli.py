@@ -9,6 +9,9 @@ attractor train` for several processes).
                     [--temperature T] [--top-k K] [--seed S]
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
+    attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
+    attractor data sudoku|maze --out DIR [--train N] [--test N] ...   (offline, from our generators)
+    attractor data sudoku-extreme|maze-hard --out DIR [--csv-dir DIR]  (the official sets, from the hub)
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
@@ -158,8 +161,50 @@ def _positive(value: int, flag: str) -> int:
     return value
 
 
+def cmd_maze(args: argparse.Namespace) -> int:
+    """Mazes: generate N x N mazes with a start, a goal and their shortest path (BFS)."""
+    from attractor.data import maze
+    from attractor.io import atomic_write_text
+
+    mazes = maze.generate(_positive(args.count, "--count"), _positive(args.size, "--size"), args.min_path,
+                          rng=args.seed, loops=args.loops)
+    if args.csv:  # the official layout (Maze-Hard): source,question,answer,rating (= path length)
+        text = "source,question,answer,rating\n" + "".join(
+            f"attractor-maze-seed{args.seed},{m.question},{m.answer},{m.path_length}\n" for m in mazes)
+    else:
+        text = "".join(f"# maze {i + 1}: {args.size}x{args.size}, shortest path {m.path_length} moves\n"
+                       f"{maze.show(m.answer, args.size)}\n\n" for i, m in enumerate(mazes))
+    if args.out:
+        atomic_write_text(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Build a puzzle dataset: offline from our generators, or the official sets from the hub."""
+    from attractor.data import puzzles
+
+    if args.action == "sudoku":
+        out = puzzles.build_sudoku(args.out, args.train, args.test, args.aug, args.rating, args.seed, _box(args.box))
+    elif args.action == "maze":
+        out = puzzles.build_maze(args.out, args.train, args.test, _positive(args.size, "--size"), args.min_path,
+                                 args.loops, not args.no_aug, args.seed)
+    elif args.action == "sudoku-extreme":
+        train, test = puzzles.download(puzzles.SUDOKU_EXTREME, ["train.csv", "test.csv"], args.csv_dir)
+        out = puzzles.convert_sudoku_extreme(train, test, args.out, args.subsample, args.aug, args.seed,
+                                             args.min_rating, args.test_limit)
+    else:
+        train, test = puzzles.download(puzzles.MAZE_HARD, ["train.csv", "test.csv"], args.csv_dir)
+        out = puzzles.convert_maze_hard(train, test, args.out, not args.no_aug, args.seed)
+    splits = puzzles.load_puzzles(out)["meta"]["splits"]
+    print(f"wrote {out}: " + ", ".join(f"{k} {v['examples']:,} examples of {v['groups']:,} puzzles"
+                                       for k, v in splits.items()))
+    return 0
+
+
 COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
-            "sudoku": cmd_sudoku}
+            "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -212,8 +257,41 @@ def parser() -> argparse.ArgumentParser:
                        "either side may be empty")
     gen_s.add_argument("--seed", type=int, default=0)
     gen_s.add_argument("--out", help="write to this file (atomically) instead of stdout")
-    for sp in (rate, gen_s):
+    mz = sub.add_parser("maze", help=cmd_maze.__doc__).add_subparsers(dest="action", required=True)
+    gen_m = mz.add_parser("generate", help="print N mazes with their shortest path drawn as 'o'")
+    gen_m.add_argument("--count", type=int, required=True)
+    gen_m.add_argument("--csv", action="store_true", help="the official layout: source,question,answer,rating")
+    gen_m.add_argument("--out", help="write to this file (atomically) instead of stdout")
+
+    data = sub.add_parser("data", help=cmd_data.__doc__).add_subparsers(dest="action", required=True)
+    d_sudoku = data.add_parser("sudoku", help="generate a Sudoku dataset offline (unique puzzles, augmented)")
+    d_sudoku.add_argument("--rating", help="LO:HI rating range of the puzzles (attractor sudoku generate)")
+    d_maze = data.add_parser("maze", help="generate a maze dataset offline (8 symmetries of each training maze)")
+    d_extreme = data.add_parser("sudoku-extreme", help="download and convert sapientinc/sudoku-extreme "
+                                "(1000 training puzzles x 1000 augmentations, the full test set)")
+    d_extreme.add_argument("--subsample", type=int, default=1000, help="training puzzles drawn (seeded)")
+    d_extreme.add_argument("--min-rating", type=int, help="keep puzzles with the official rating >= this")
+    d_extreme.add_argument("--test-limit", type=int, help="keep the first N test puzzles (default: all)")
+    d_hard = data.add_parser("maze-hard", help="download and convert sapientinc/maze-30x30-hard-1k (1000 x 8, 1000)")
+    for sp in (d_sudoku, d_maze, d_extreme, d_hard):
+        sp.add_argument("--out", required=True, help="dataset folder to create (must not exist)")
+        sp.add_argument("--seed", type=int, default=0)
+    for sp in (d_sudoku, d_maze):
+        sp.add_argument("--train", type=int, default=1000, help="training puzzles before augmentation")
+        sp.add_argument("--test", type=int, default=1000, help="test puzzles (never augmented)")
+    for sp in (d_sudoku, d_extreme):
+        sp.add_argument("--aug", type=int, default=1000, help="augmented copies of each training puzzle")
+    for sp in (d_extreme, d_hard):
+        sp.add_argument("--csv-dir", help="a folder holding the official train.csv and test.csv (no download)")
+    for sp in (d_maze, d_hard):
+        sp.add_argument("--no-aug", action="store_true", help="no dihedral augmentation of the training mazes")
+    for sp in (rate, gen_s, d_sudoku):
         sp.add_argument("--box", default="3x3", help="box shape ROWSxCOLS: 3x3 is the 9x9 Sudoku, 2x3 the 6x6")
+    for sp in (gen_m, d_maze):
+        sp.add_argument("--size", type=int, default=30, help="side of the grid (Maze-Hard: 30)")
+        sp.add_argument("--min-path", type=int, help="least moves from S to G (default 111 at 30x30, scaled by area)")
+        sp.add_argument("--loops", type=float, default=0.0, help="fraction of inner walls removed to make cycles")
+    gen_m.add_argument("--seed", type=int, default=0)
     return p
 
 
