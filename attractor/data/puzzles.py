@@ -75,8 +75,9 @@ def _augmented_split(inputs: np.ndarray, labels: np.ndarray, rating: np.ndarray,
     inputs_all = np.concatenate(inputs_all, axis=1)
     labels_all = np.concatenate(labels_all, axis=1)
     g, k = inputs_all.shape[:2]
-    return {"inputs": inputs_all.reshape(g * k, -1).astype(np.uint8),
-            "labels": labels_all.reshape(g * k, -1).astype(np.uint8),
+    length = inputs_all.shape[-1]
+    return {"inputs": inputs_all.reshape(g * k, length).astype(np.uint8),
+            "labels": labels_all.reshape(g * k, length).astype(np.uint8),
             "group": np.repeat(np.arange(g, dtype=np.int32), k),
             "aug": np.tile(np.arange(k, dtype=np.int32), g),
             "rating": np.asarray(rating, np.int32)}

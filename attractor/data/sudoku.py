@@ -320,7 +320,11 @@ def rate_file(path: str, box: tuple[int, int] = (3, 3), out=None, err=None) -> i
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read puzzle file {path!r}: {e}") from None
     counts = {"unique": 0, "unsolvable": 0, "not-unique": 0, "error": 0}
