@@ -116,3 +116,10 @@ def test_tokens_follow_the_published_mapping_and_round_trip():
         maze.to_tokens(["# x"])
     with pytest.raises(ConfigError, match="charset"):
         maze.to_tokens(["# é"])
+
+
+def test_with_every_inner_wall_open_only_straight_paths_are_unique():
+    """loops=1 leaves a lattice of rooms where most S-G pairs have many shortest paths: the
+    generator must still pick a pair with exactly one."""
+    for m in maze.generate(6, size=9, min_path=4, rng=0, loops=1.0):
+        check_label(m, 9)
