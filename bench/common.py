@@ -1,4 +1,5 @@
-"""Helpers shared by the model benchmarks (bench.memory_depth, bench.throughput).
+"""Helpers shared by every benchmark: the matched models, the attractor map on one real block,
+timing, peak memory, and the report (environment line, commit, Markdown tables).
 
 The three model families at matched dense size: width 192, 4 heads, seven blocks' worth of
 weights each (about 3.1M dense parameters; the byte embedding is a lookup and is not counted):
@@ -14,6 +15,7 @@ FLOPs per iteration (one block), so their costs differ only in how the iteration
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import statistics
 import weakref
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from attractor.layers import Block, init_weights
 from attractor.models import build
 from attractor.models.base import ModelOutput
 
@@ -95,6 +98,44 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, object]:
+    """Median wall time of fn() in seconds over `repeats` calls after `warmup`, and its last result."""
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(repeats):
+        seconds, out = timed(fn)
+        times.append(seconds)
+    return median(times), out
+
+
+# ---------------------------------------------------------------------------------------------
+# The attractor map on one real block (bench.solvers, bench.spectrum)
+
+
+def block_map(d: int, seq: int, batch: int, gain: float | None, dtype: torch.dtype = torch.float32,
+              n_head: int = 4):
+    """One gated `attractor.layers.Block` H (gates 0.5, causal), an injection x and the map.
+
+    f(z) = H(z + x) - z = x + R(z + x), R the gated residual branches: the attractor's map
+    (SPEC section 1) with one block. gain=None initialises the weights as the models do
+    (`init_weights`: N(0, 0.02), output projections smaller), which is nearly constant at init;
+    a number draws every matrix from N(0, gain^2 / fan_in), so `gain` sets how strongly f depends
+    on z. x ~ N(0, 1). Seeded. Returns (block, x (batch, seq, d), f).
+    """
+    torch.manual_seed(SEED)
+    block = Block(d, n_head, causal=True, gate_init=0.5)
+    if gain is None:
+        init_weights(block, n_residual=1)
+    else:
+        for p in block.parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=gain / math.sqrt(p.shape[1]))
+    block = block.to(dtype)
+    x = torch.randn(batch, seq, d, dtype=dtype)
+    return block, x, (lambda z: block(z + x) - z)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -124,6 +165,26 @@ def reset_peak() -> float:
     return status_mb("VmRSS")
 
 
+class PeakRSS:
+    """Peak resident memory inside the `with` block above its start, in MB (nan off Linux).
+
+    On entry `reset_peak`; on exit VmHWM - VmRSS at entry. ru_maxrss cannot be reset, and in a
+    child it can include the parent's RSS from before exec.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        self.mb = float("nan")
+        try:
+            self.start = reset_peak()
+        except OSError:
+            self.start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.start is not None:
+            self.mb = status_mb("VmHWM") - self.start
+
+
 def available_mb() -> float:
     """MemAvailable of the machine in MB (other jobs share it)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -136,10 +197,12 @@ def available_mb() -> float:
 # Reporting
 
 
-def env_line() -> str:
+def env_line(dtype: torch.dtype = torch.float32, extra: str = "") -> str:
+    """torch version, threads, CPUs, the 1-minute load average (other jobs), device and dtype."""
     load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return (f"env: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"{os.cpu_count()} CPUs{load}, device cpu, float32")
+            f"{os.cpu_count()} CPUs{load}, device cpu, {str(dtype).removeprefix('torch.')}"
+            + (f", {extra}" if extra else ""))
 
 
 def code_line() -> str:
@@ -156,10 +219,12 @@ def code_line() -> str:
     return f"code: commit {commit}" + (f", uncommitted: {', '.join(changed)}" if changed else "")
 
 
-def print_table(title: str, header: list[str], rows: list[list[object]], left: int = 1) -> None:
+def print_table(title: str, header: list[str], rows: list[list[object]], left: int = 1,
+                env: str | None = None) -> None:
     """A Markdown table (pasteable into docs) under its title and one environment line.
 
-    The first `left` columns (text) are left-aligned, the rest (numbers) right-aligned.
+    The first `left` columns (text) are left-aligned, the rest (numbers) right-aligned; `env`
+    replaces the default `env_line()`.
     """
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *cells)]
@@ -168,7 +233,7 @@ def print_table(title: str, header: list[str], rows: list[list[object]], left: i
         return "| " + " | ".join(c.ljust(w) if i < left else c.rjust(w)
                                  for i, (c, w) in enumerate(zip(row, widths))) + " |"
 
-    print(f"\n### {title}\n{env_line()}\n")
+    print(f"\n### {title}\n{env or env_line()}\n")
     print(line([str(h) for h in header]))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:

@@ -9,7 +9,7 @@ step) at T = 4, 8, 16, 32, 64 iterations, batch 16 x 256 random byte tokens, for
     onestep    AttractorLM, Jacobian-free gradient (one differentiable evaluation at y*)
     phantom    AttractorLM, phantom gradient, k = 2 damped steps (Geng et al. 2021, arXiv 2111.05177)
     implicit   AttractorLM, implicit-function-theorem gradient (adjoint solved to 1e-4)
-    looped     LoopedLM, backprop through all T loops (backprop_loops=None, loops=T)
+    looped     LoopedLM, backprop through all T loops (backprop_loops=None, iters=T)
 
 all at the same dense size (bench.common: d 192, 4 heads, seven blocks' worth, ~3.1M dense).
 The AttractorLMs run tol=0 and max_iter=T, so every solve takes all T steps (T + 1 evaluations
@@ -51,9 +51,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attractor import Implicit, OneStep, Phantom
 from bench.common import (
-    SavedTensors,
     PEAK_RSS_ENV,
+    PeakRSS,
+    SavedTensors,
     ROOT,
     SEED,
     attractor_lm,
@@ -64,9 +66,7 @@ from bench.common import (
     median,
     optimizer,
     print_table,
-    reset_peak,
     seeded,
-    status_mb,
     timed,
     train_step,
 )
@@ -98,28 +98,27 @@ def make(kind: str, iters: int) -> nn.Module:
     """The model of one configuration, seeded so every T starts from the same weights."""
     if kind == "looped":
         return seeded(lambda: looped_lm(backprop_loops=None, mean_loops=min(8, iters), max_loops=iters))
-    grad = {"onestep": dict(grad="onestep"), "phantom": dict(grad="phantom", grad_k=2),
-            "implicit": dict(grad="implicit")}[kind]
-    return seeded(lambda: attractor_lm(tol=0.0, max_iter=iters, min_iter=0, **grad))
+    grad = {"onestep": OneStep(), "phantom": Phantom(k=2), "implicit": Implicit(tol=1e-4)}[kind]
+    return seeded(lambda: attractor_lm(tol=0.0, max_iter=iters, min_iter=0, grad=grad))
 
 
 def forward_kwargs(kind: str, iters: int) -> dict:
     """Looped: exactly `iters` loops for every sequence. Attractor: the solver, to tol=0."""
-    return {"loops": iters} if kind == "looped" else {}
+    return {"iters": iters} if kind == "looped" else {}
 
 
 def cheap_kwargs(kind: str) -> dict:
     """Forward kwargs of the warm-up step: one loop, or one plain attractor step (`iters=1`) with
     the configured gradient attached (same blocks, gradient and optimiser; no solver)."""
-    return {"loops": 1} if kind == "looped" else {"iters": 1}
+    return {"iters": 1}
 
 
 def counts(kind: str, out, iters: int) -> dict:
-    """Machine-independent counts of the step, read from the forward's stats."""
+    """Machine-independent counts of the step, read from the forward's ModelOutput."""
     if kind == "looped":
-        return {"loops": int(out.stats["loops"].max())}
-    info = out.stats["info"]
-    result = {"n_evals": out.stats["n_evals"], "evals_ok": out.stats["n_evals"] == iters + 1}
+        return {"loops": int(out.depth.max())}
+    info = out.info
+    result = {"n_evals": out.n_evals, "evals_ok": out.n_evals == iters + 1}
     if kind == "implicit" and info.backward is not None:
         result["adjoint_evals"] = info.backward.n_evals
     return result
@@ -138,18 +137,17 @@ def memory_child(kind: str, iters: int, batch: int) -> dict:
     opt.zero_grad(set_to_none=True)
     gc.collect()
     saved = SavedTensors(exclude=list(model.parameters()))
-    rss_before = reset_peak()
-    start = time.perf_counter()
-    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        out = model(x, y, **forward_kwargs(kind, iters))
-    saved_mb = saved.live_mb()
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    opt.step()
-    seconds = time.perf_counter() - start
-    peak_mb = status_mb("VmHWM") - rss_before
-    return {"kind": kind, "iters": iters, "peak_mb": peak_mb, "saved_mb": saved_mb,
-            "rss_before_mb": rss_before, "seconds_mmap": seconds, **counts(kind, out, iters)}
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            out = model(x, y, **forward_kwargs(kind, iters))
+        saved_mb = saved.live_mb()
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        seconds = time.perf_counter() - start
+    return {"kind": kind, "iters": iters, "peak_mb": peak.mb, "saved_mb": saved_mb,
+            "rss_before_mb": peak.start, "seconds_mmap": seconds, **counts(kind, out, iters)}
 
 
 def run_child(kind: str, iters: int, batch: int) -> dict:
@@ -248,10 +246,9 @@ def report(sizes: Sizes, memory: dict, times: dict) -> None:
         model = make(kind, first)
         c = model.parameter_counts()
         cfg = model.cfg
-        desc = (f"6 + 1 blocks, grad={cfg.grad}" + (f" k={cfg.grad_k}" if cfg.grad == "phantom" else "")
-                + (f" adjoint tol {cfg.implicit_tol:g}" if cfg.grad == "implicit" else "")
-                + ", anderson, tol 0, max_iter T") if kind != "looped" else \
-            "5 prelude + 1 recurrent + 1 coda, backprop through all T loops"
+        desc = (f"6 + 1 blocks, grad {cfg.solve.grad}, {cfg.solve.solver}, tol 0, max_iter T"
+                if kind != "looped" else
+                "5 prelude + 1 recurrent + 1 coda, backprop through all T loops")
         counts_rows.append([kind, type(model).__name__, desc, f"{c['dense']:,}", f"{c['total']:,}"])
     print_table(f"Models (d 192, 4 heads), batch {sizes.batch} x seq {SEQ}, random byte tokens",
                 ["name", "class", "configuration", "dense params", "total params"], counts_rows, left=3)

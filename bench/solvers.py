@@ -9,9 +9,12 @@ Four measurements:
       sensitivity of an absolute Anderson ridge, SPEC section 3). For our picard, anderson (m=5) and
       broyden and torchdeq's fixed_point_iter, anderson (m=5) and broyden: f-evaluations, median wall
       time, worst final residual, and the time ratio ours / torchdeq.
-  (b) The same on a randomly initialised gated transformer block H with additive injection x:
-      f(z) = H(z + x) - z = x + R(z + x), R the gated residual branches (SPEC section 1). With H's own
-      skip connection left in, f(z) = H(z + x) would have Jacobian I + dR and could not contract.
+  (b) The same on the attractor's own map with one block: H = attractor.layers.Block with gates
+      0.5 (bench.common.block_map), additive injection x, f(z) = H(z + x) - z = x + R(z + x), R the
+      gated residual branches (SPEC section 1). Weights are N(0, 1.3^2 / fan_in): the models'
+      init_weights makes f nearly constant (spectral radius ~0.02, 3 evaluations for any solver),
+      which tests nothing. (b') then times each solver's own work per step (history, least squares)
+      against one evaluation of f, per sample and per token (bench.spectrum explains the counts).
   (c) Implicit gradients of a scalar loss w.z* in float64: ours (grad=Implicit) against torchdeq's
       default exact backward (IFT, fixed_point_iter adjoint), both solved to 1e-10, and on the linear
       map both against the exact gradient through torch.linalg.solve.
@@ -35,25 +38,32 @@ torchdeq is optional (pip install torchdeq==0.1.0): without it, its columns say 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import attractor
 from attractor import Anderson, Broyden, Implicit, Picard
-from bench.common import SavedTensors
+from bench.common import (
+    PEAK_RSS_ENV,
+    ROOT,
+    SEED,
+    PeakRSS,
+    SavedTensors,
+    block_map,
+    code_line,
+    env_line,
+    median,
+    median_time,
+    print_table,
+)
 
 try:
     from importlib.metadata import version
@@ -65,12 +75,13 @@ try:
 except ImportError:
     TORCHDEQ = None
 
-SEED = 0
 TOL = 1e-4  # relative residual at which every forward solve stops
 BATCH = 8
 GRAD_TOL = 1e-10  # forward and adjoint tolerance in the float64 gradient check
 GRAD_ITERS = 1000  # generous: the solves stop at GRAD_TOL long before
-MEMORY_ITERS = (4, 8, 16, 32, 64)
+BLOCK_D, BLOCK_SEQ = 256, 64
+BLOCK_GAIN = 1.3  # weights N(0, 1.3^2 / fan_in): rho(df/dz) ~ 0.7; the models' init gives ~0.02
+COST_STEPS = 16  # solver steps timed per solve in the per-step cost table
 
 
 @dataclass(frozen=True)
@@ -79,64 +90,19 @@ class Sizes:
     repeats: int  # timed solves per solver, after one warm-up
     linear_budget: int = 2000  # most f-evaluations per linear solve (Picard at rho 0.99 needs ~430)
     block_budget: int = 300  # most f-evaluations per block solve
+    memory_iters: tuple[int, ...] = (4, 8, 16, 32, 64)  # max_iter values of (d)
 
 
 FULL = Sizes(n=1024, repeats=5)
-QUICK = Sizes(n=256, repeats=3)
+QUICK = Sizes(n=256, repeats=3, memory_iters=(4, 16, 64))
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: environment line, tables, timing, counting
 
 
-def env_line(dtype: torch.dtype) -> str:
-    load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"env: torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"{os.cpu_count()} CPUs{load}, device cpu, {str(dtype).removeprefix('torch.')}, "
-            f"torchdeq {TORCHDEQ or 'not installed'}")
-
-
-def code_line() -> str:
-    """Which code produced the numbers: the commit, and whether attractor/ or bench/ differ from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "attractor", "bench"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return "code: not a git checkout"
-    changed = sorted({line[3:].strip() for line in dirty if line.strip()})
-    return f"code: commit {commit}" + (f", uncommitted: {', '.join(changed)}" if changed else "")
-
-
-def print_table(title: str, dtype: torch.dtype, header: list[str], rows: list[list[str]]) -> None:
-    """A Markdown table (pasteable into docs), text columns left, numbers right."""
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-
-    def line(cells):
-        return "| " + " | ".join(
-            str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ) + " |"
-
-    print(f"\n### {title}\n{env_line(dtype)}\n")
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
-    sys.stdout.flush()
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, object]:
-    """Median wall time of fn() in seconds over `repeats` calls after `warmup`, and its last result."""
-    for _ in range(warmup):
-        fn()
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def env(dtype: torch.dtype) -> str:
+    return env_line(dtype, f"torchdeq {TORCHDEQ or 'not installed'}")
 
 
 class Counted:
@@ -176,42 +142,9 @@ def linear_map(n: int, rho: float, scale: float, dtype: torch.dtype) -> tuple[Te
     return a.to(dtype), b.to(dtype)
 
 
-class GatedBlock(nn.Module):
-    """Pre-norm transformer block whose two residual branches are scaled by per-channel gates.
-
-    H(h) = h1 + g_m * MLP(norm(h1)), h1 = h + g_a * Attn(norm(h)): RMSNorm, causal multi-head
-    attention through scaled_dot_product_attention, ReLU^2 MLP of width 4d, no biases, gates 0.5
-    (SPEC section 1). Weights are N(0, gain^2 / fan_in); `gain` sets how contractive f is.
-    """
-
-    def __init__(self, d: int = 256, n_head: int = 4, gate: float = 0.5, gain: float = 1.3):
-        super().__init__()
-        self.n_head = n_head
-        self.norm_a, self.norm_m = nn.RMSNorm(d), nn.RMSNorm(d)
-        self.qkv = nn.Linear(d, 3 * d, bias=False)
-        self.proj = nn.Linear(d, d, bias=False)
-        self.up = nn.Linear(d, 4 * d, bias=False)
-        self.down = nn.Linear(4 * d, d, bias=False)
-        self.gate_a = nn.Parameter(torch.full((d,), gate))
-        self.gate_m = nn.Parameter(torch.full((d,), gate))
-        for lin in (self.qkv, self.proj, self.up, self.down):
-            nn.init.normal_(lin.weight, std=gain / math.sqrt(lin.in_features))
-
-    def forward(self, h: Tensor) -> Tensor:
-        b, t, d = h.shape
-        qkv = self.qkv(self.norm_a(h)).view(b, t, 3, self.n_head, d // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, d / heads)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, d / heads)
-        h = h + self.gate_a * self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return h + self.gate_m * self.down(F.relu(self.up(self.norm_m(h))).square())
-
-
-def block_map(dtype: torch.dtype, seq: int = 64, d: int = 256):
-    """The block, an injection x (B, T, d) and f(z) = H(z + x) - z; seeded."""
-    torch.manual_seed(SEED)
-    block = GatedBlock(d).to(dtype)
-    x = torch.randn(BATCH, seq, d, dtype=dtype)
-    return block, x, (lambda z: block(z + x) - z)
+def solver_block(dtype: torch.dtype):
+    """The map of (b), (c) and (d): bench.common.block_map, one gated attractor.layers.Block."""
+    return block_map(BLOCK_D, BLOCK_SEQ, BATCH, BLOCK_GAIN, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +199,7 @@ def measure(solve, method: Method, f, z0: Tensor, budget: int, repeats: int) -> 
         with torch.no_grad():
             return solve(method, counted, z0, budget)
 
-    seconds, (z, reported) = timed(once, repeats)
+    seconds, (z, reported) = median_time(once, repeats)
     return Run(counted.calls, seconds, worst_residual(f, z), reported in (None, counted.calls))
 
 
@@ -313,20 +246,55 @@ def bench_linear(sizes: Sizes) -> None:
         rows += compare(name, lambda z, a=a, b=b: z @ a.T + b, torch.zeros_like(b),
                         sizes.linear_budget, sizes.repeats)
     print_table(f"(a) linear maps z = Az + b, n = {sizes.n}, batch {BATCH}, tol {TOL:g} (relative), "
-                f"z0 = 0, median of {sizes.repeats}", torch.float32, SOLVER_HEADER, rows)
+                f"z0 = 0, median of {sizes.repeats}", SOLVER_HEADER, rows, left=2, env=env(torch.float32))
     print(anderson_goal(rows))
 
 
 def bench_block(sizes: Sizes) -> None:
-    block, x, f = block_map(torch.float32)
+    block, x, f = solver_block(torch.float32)
     with torch.no_grad():
         z, _ = attractor.fixed_point(f, x, solver="anderson", tol=1e-6, max_iter=500, on_fail="raise")
     radius = attractor.spectral_radius(f, z, n_iter=40, generator=torch.Generator().manual_seed(SEED))
     rows = compare("gated block", f, x, sizes.block_budget, sizes.repeats)
-    print_table(f"(b) gated block f(z) = H(z + x) - z, d 256, seq 64, batch {BATCH}, 4 heads, "
-                f"tol {TOL:g}, z0 = x, median of {sizes.repeats}", torch.float32, SOLVER_HEADER, rows)
+    print_table(f"(b) gated block f(z) = H(z + x) - z (attractor.layers.Block, gates 0.5, weights N(0, "
+                f"{BLOCK_GAIN:g}^2 / fan_in)), d {BLOCK_D}, seq {BLOCK_SEQ}, batch {BATCH}, 4 heads, tol {TOL:g}, "
+                f"z0 = x, median of {sizes.repeats}", SOLVER_HEADER, rows, left=2, env=env(torch.float32))
     print(f"contraction: spectral radius of df/dz at z* (power iteration) "
           f"{radius.min().item():.2f} to {radius.max().item():.2f} over the batch")
+
+
+# ---------------------------------------------------------------------------------------------
+# (b') what a solver step costs besides its evaluation of f
+
+
+def bench_step_cost(sizes: Sizes) -> None:
+    """Each solver's own work per step, in units of one evaluation of f, on the block of (b).
+
+    tol=0, so every solve runs COST_STEPS steps (COST_STEPS + 1 evaluations); the overhead per
+    step is (solve time - evaluations x time of one bare f) / COST_STEPS. Per sample: BATCH
+    problems of seq x d unknowns; per token (batch_dims=2, as the language models solve): one
+    problem of d unknowns for every position.
+    """
+    _, x, f = solver_block(torch.float32)
+    with torch.no_grad():
+        f_time, _ = median_time(lambda: f(x), 2 * sizes.repeats)
+    rows = []
+    for name, solver in (("picard", Picard()), ("anderson m=5", Anderson(m=5)), ("broyden", Broyden())):
+        for batch_dims, unit in ((1, f"per sample: {BATCH} x {BLOCK_SEQ * BLOCK_D}"),
+                                 (2, f"per token: {BATCH * BLOCK_SEQ} x {BLOCK_D}")):
+            def once():
+                with torch.no_grad():
+                    return attractor.fixed_point(f, x, solver=solver, tol=0.0, max_iter=COST_STEPS,
+                                                 on_fail="ignore", batch_dims=batch_dims)
+
+            seconds, (_, info) = median_time(once, max(1, sizes.repeats - 2))
+            per_step = (seconds - info.n_evals * f_time) / COST_STEPS
+            rows.append([name, unit, info.n_evals, f"{seconds * 1e3:.0f}", f"{per_step * 1e3:.1f}",
+                         f"{per_step / f_time:.2f}"])
+    print_table(f"(b') solver overhead per step on the block of (b), {COST_STEPS} steps (tol 0); one bare "
+                f"evaluation of f takes {f_time * 1e3:.1f} ms; median of {max(1, sizes.repeats - 2)}",
+                ["solver", "problems x unknowns", "f-evals", "ms per solve", "overhead ms / step",
+                 "overhead / f-eval"], rows, left=2, env=env(torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,11 +328,12 @@ def bench_gradients(sizes: Sizes) -> None:
     a.requires_grad_()
     b.requires_grad_()
     eye = torch.eye(sizes.n, dtype=dtype)
-    block, x, block_f = block_map(dtype)
+    block, x, block_f = solver_block(dtype)
     problems = [  # name, f, z0, params, exact solution or None
         (f"linear rho=0.9, n={sizes.n} (A, b)", lambda z: z @ a.T + b, torch.zeros_like(b), [a, b],
          lambda f, z0: torch.linalg.solve(eye - a, b.T).T),
-        ("gated block (all 10 parameter tensors)", block_f, x, list(block.parameters()), None),
+        (f"gated block (all {len(list(block.parameters()))} parameter tensors)", block_f, x,
+         list(block.parameters()), None),
     ]
     rows, notes = [], []
     for name, f, z0, params, exact in problems:
@@ -384,8 +353,9 @@ def bench_gradients(sizes: Sizes) -> None:
                       "-" if TORCHDEQ is None else f"{max_rel_diff(theirs, ref):.1e}"]
         rows.append(cells)
     print_table(f"(c) implicit gradient of sum(w * z*), forward and adjoint tol {GRAD_TOL:g}; "
-                "max|g1 - g2| / max|g2| per tensor, worst tensor", dtype,
-                ["problem", "dtype", "ours vs torchdeq", "ours vs exact", "torchdeq vs exact"], rows)
+                "max|g1 - g2| / max|g2| per tensor, worst tensor",
+                ["problem", "dtype", "ours vs torchdeq", "ours vs exact", "torchdeq vs exact"], rows, left=2,
+                env=env(dtype))
     print("\n".join(notes))
 
 
@@ -393,39 +363,9 @@ def bench_gradients(sizes: Sizes) -> None:
 # (d) memory of one backward against max_iter
 
 
-class PeakRSS:
-    """Peak resident memory inside the `with` block above its start, in MB (Linux; else nan).
-
-    On entry, free heap pages go back to the OS (malloc_trim) and the kernel's high-water mark is
-    reset to the current RSS (/proc/self/clear_refs); on exit the high-water mark VmHWM is read.
-    ru_maxrss cannot be reset, and in a child it can include the parent's RSS from before exec.
-    """
-
-    def __enter__(self) -> PeakRSS:
-        self.mb = float("nan")
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")
-            self.start = self._status_mb("VmRSS")
-        except OSError:
-            self.start = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.start is not None:
-            self.mb = self._status_mb("VmHWM") - self.start
-
-    @staticmethod
-    def _status_mb(key: str) -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024  # reported in kB
-        raise OSError(f"{key} not in /proc/self/status")
-
-
 def memory_child(mode: str, max_iter: int) -> None:
     """Runs in a fresh interpreter; prints one JSON line for `bench_memory`."""
-    block, x, f = block_map(torch.float32)
+    block, x, f = solver_block(torch.float32)
     f(x).sum().backward()  # warm up kernels, their buffers and the autograd engine at full size
     block.zero_grad(set_to_none=True)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(SEED + 1))
@@ -440,30 +380,30 @@ def memory_child(mode: str, max_iter: int) -> None:
 
 
 def bench_memory(sizes: Sizes) -> None:
-    root = Path(__file__).resolve().parent.parent
     results = {}
     for mode in ("implicit", "unroll"):
-        for k in MEMORY_ITERS:
+        for k in sizes.memory_iters:
             cmd = [sys.executable, "-m", "bench.solvers", "--memory-child", f"{mode}:{k}",
                    "--threads", str(torch.get_num_threads())]
-            child = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+            child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                                   env={**os.environ, **PEAK_RSS_ENV})
             if child.returncode != 0:
                 raise RuntimeError(f"memory child {mode}:{k} failed:\n{child.stderr[-2000:]}")
             results[mode, k] = json.loads(child.stdout.strip().splitlines()[-1])
 
     def cell(mode, k, key):
-        value, first = results[mode, k][key], results[mode, MEMORY_ITERS[0]][key]
+        value, first = results[mode, k][key], results[mode, sizes.memory_iters[0]][key]
         return f"{value:.0f} (x{value / first:.1f})" if first > 0 else f"{value:.0f}"
 
     rows = [[str(k), str(results["unroll", k]["n_evals"]), cell("implicit", k, "rss_mb"),
              cell("unroll", k, "rss_mb"), cell("implicit", k, "saved_mb"), cell("unroll", k, "saved_mb")]
-            for k in MEMORY_ITERS]
+            for k in sizes.memory_iters]
     print_table(f"(d) one forward + backward on the gated block (picard, tol 0), MB; (x ratio to "
-                f"max_iter={MEMORY_ITERS[0]}); peak RSS above baseline in a fresh process each",
-                torch.float32, ["max_iter", "f-evals", "implicit peak RSS", "unroll peak RSS",
-                                "implicit saved", "unroll saved"], rows)
-    unroll = [results["unroll", k]["rss_mb"] for k in MEMORY_ITERS]
-    implicit = [results["implicit", k]["rss_mb"] for k in MEMORY_ITERS]
+                f"max_iter={sizes.memory_iters[0]}); peak RSS above baseline in a fresh process each",
+                ["max_iter", "f-evals", "implicit peak RSS", "unroll peak RSS", "implicit saved", "unroll saved"],
+                rows, env=env(torch.float32))
+    unroll = [results["unroll", k]["rss_mb"] for k in sizes.memory_iters]
+    implicit = [results["implicit", k]["rss_mb"] for k in sizes.memory_iters]
     grows = all(b > a for a, b in zip(unroll, unroll[1:]))
     flat = max(implicit) - min(implicit) < 0.1 * (unroll[-1] - unroll[0])
     print(f"sanity: unroll grows with max_iter: {'yes' if grows else 'NO'}; implicit flat (spread "
@@ -489,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     command = "python -m bench.solvers" + (" --quick" if args.quick else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}")
-    for part in (bench_linear, bench_block, bench_gradients, bench_memory):
+    for part in (bench_linear, bench_block, bench_step_cost, bench_gradients, bench_memory):
         part_start = time.perf_counter()
         part(sizes)
         print(f"[{part.__name__}: {time.perf_counter() - part_start:.0f} s]")

@@ -17,7 +17,7 @@ after the models in the same run; the better of the two is the reference.
 
 FLOPs per training step, two ways:
   3 x fwd      the usual convention: 3 x the realised forward FLOPs (model.flops_per_token with
-               the step's stats: the solver's f-evaluations, the sampled loop depths).
+               the step's ModelOutput: the solver's f-evaluations, the sampled loop depths).
   fwd + 2 x bp forward FLOPs actually executed (the Attractor's one extra differentiable
                evaluation included) plus 2 x the part that is backpropagated. For the Attractor
                (one-step gradient) that part is the backbone, one evaluation of f and the head;
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attractor.models import ModelOutput
 from bench.common import (
     SEED,
     attractor_lm,
@@ -90,26 +91,26 @@ def matmul_gflops(repeats: int) -> float:
 # FLOPs of one training step
 
 
-def step_flops(name: str, model: nn.Module, stats: dict) -> tuple[float, float]:
+def step_flops(name: str, model: nn.Module, out: ModelOutput) -> tuple[float, float]:
     """(3 x forward FLOPs, forward executed + 2 x backpropagated FLOPs) of one step, whole batch."""
-    fwd = model.flops_per_token(stats)
+    fwd = model.flops_per_token(out)
     if name == "transformer":
         executed, backprop = fwd, fwd
     elif name.startswith("attractor"):  # the solver's evaluations, then one differentiable one (onestep)
-        executed = model.flops_per_token({"n_evals": stats["n_evals"] + 1})
-        backprop = model.flops_per_token({"n_evals": 1})
+        executed = model.flops_per_token(out.n_evals + 1)
+        backprop = model.flops_per_token(1)
     else:  # looped: only each sequence's last backprop_loops loops are differentiated
         executed = fwd
-        backprop = model.flops_per_token({"loops": stats["loops"].clamp(max=model.cfg.backprop_loops)})
+        backprop = model.flops_per_token(out.depth.clamp(max=model.cfg.backprop_loops).float().mean().item())
     return 3 * fwd * TOKENS, (executed + 2 * backprop) * TOKENS
 
 
-def depth(name: str, stats: dict) -> float:
+def depth(name: str, out: ModelOutput) -> float:
     """Iterations of the step: the solver's f-evaluations, or the mean sampled loop depth."""
     if name.startswith("attractor"):
-        return stats["n_evals"]
+        return out.n_evals
     if name == "looped":
-        return stats["loops"].float().mean().item()
+        return out.depth.float().mean().item()
     return 0
 
 
@@ -140,13 +141,13 @@ def measure(sizes: Sizes) -> dict:
             seconds, out = timed(lambda: train_step(model, opts[name], x, y))
             if i < sizes.warmup:
                 continue
-            f3, fbp = step_flops(name, model, out.stats)
+            f3, fbp = step_flops(name, model, out)
             r = rec[name]
             r["seconds"].append(seconds)
             r["flops3"].append(f3)
             r["flops_bp"].append(fbp)
-            r["depth"].append(depth(name, out.stats))
-            r["converged"].append(out.stats.get("token_converged", float("nan")))
+            r["depth"].append(depth(name, out))
+            r["converged"].append(float("nan") if out.converged is None else out.converged.item())
         if i >= sizes.warmup:
             print(f"  round {i - sizes.warmup + 1}/{sizes.steps}: " + ", ".join(
                 f"{k} {rec[k]['seconds'][-1]:.2f} s" for k in nets), flush=True)
@@ -161,8 +162,9 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
         if name == "transformer":
             desc = f"{cfg.n_layer} blocks"
         elif name.startswith("attractor"):
-            desc = (f"{cfg.n_backbone} + {cfg.n_attractor} blocks, {cfg.solver} m={cfg.anderson_m}, "
-                    f"tol {cfg.tol:g}, iterations {cfg.min_iter}..{cfg.max_iter}, grad {cfg.grad}")
+            solve = cfg.solve
+            desc = (f"{cfg.n_backbone} + {cfg.n_attractor} blocks, {solve.solver}, tol {solve.tol:g}, "
+                    f"iterations {solve.min_iter}..{solve.max_iter}, grad {solve.grad}")
         else:
             desc = (f"{cfg.n_prelude} + {cfg.n_recur} + {cfg.n_coda} blocks, depth 1 + Poisson("
                     f"{cfg.mean_loops - 1}) <= {cfg.max_loops}, backprop last {cfg.backprop_loops}")
@@ -197,7 +199,7 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
         r = rec[name]
         if name.startswith("attractor"):
             print(f"{name}: f-evaluations per timed step {min(r['depth']):.0f} to {max(r['depth']):.0f} "
-                  f"(at most {nets[name].cfg.max_iter + 1}); tokens converged to tol "
+                  f"(at most {nets[name].cfg.solve.max_iter + 1}); tokens converged to tol "
                   f"{min(r['converged']):.3f} to {max(r['converged']):.3f}")
         elif name == "looped":
             print(f"looped: mean sampled depth per timed step {min(r['depth']):.1f} to {max(r['depth']):.1f}")
