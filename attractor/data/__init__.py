@@ -16,3 +16,9 @@ from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer,
 __all__ = ["Corpus", "DataConfig", "PreparedData", "TokenBatches", "Tokenizer", "bytes_tokenizer", "cache_key",
            "kjv_documents", "load_tokenizer", "open_corpus", "prepare", "tokenizer_from_json", "train_bpe",
            "val_batches"]
+
+# Puzzle data (docs/data.md, "Puzzles"): Sudoku solver/rater/generator, mazes, augmentations, datasets.
+from attractor.data import augment, maze, puzzles, sudoku  # noqa: E402
+from attractor.data.puzzles import build_maze, build_sudoku, load_puzzles  # noqa: E402
+
+__all__ += ["augment", "build_maze", "build_sudoku", "load_puzzles", "maze", "puzzles", "sudoku"]
