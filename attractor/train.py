@@ -1,8 +1,8 @@
 """The one trainer: every model, every task, one process or many (torchrun).
 
 A plain loop, nanoGPT-style, around four ideas:
-- optimisers come from `model.param_groups()` (Muon for the groups labelled "muon", AdamW for
-  the rest), so the trainer never matches parameter names and serves every family alike;
+- optimisers come from `model.param_groups()` (Muon for the groups labelled "muon" where it pays,
+  AdamW for the rest), so the trainer never matches parameter names and serves every family alike;
 - a warmup-stable-decay schedule (linear warmup, constant, linear cooldown over the last
   `cooldown` fraction of the run; SPEC 2.1 uses a 50% cooldown), gradient accumulation and
   clipping, fp32 on CPU and bf16 autocast on CUDA;
@@ -48,7 +48,10 @@ class TrainConfig:
     lr: float = 3e-3  # base learning rate; Muon's is matched to AdamW's update RMS (see below)
     weight_decay: float = 0.1  # base decoupled weight decay, times each group's wd_mult
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW
-    muon: bool = True  # Muon for the groups the model labels "muon"; False: AdamW for all
+    # Optimiser of the groups the model labels "muon" (the blocks' matrices). auto: Muon on CUDA,
+    # AdamW elsewhere: torch's Muon orthogonalises in bf16, which made a 1M model's steps 3x
+    # slower than AdamW's on a 2-core CPU (docs/benchmarks.md, "Trainer").
+    matrix_optimizer: Literal["auto", "muon", "adamw"] = "auto"
     warmup: int = 20  # linear warmup steps
     cooldown: float = 0.5  # fraction of the run at the end with a linear decay to 0 (SPEC 2.1: 50%)
     clip: float | None = 1.0  # gradient-norm clipping; None: none (the norm is still logged)
@@ -95,11 +98,13 @@ def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Opti
     rescaled to AdamW's update RMS (`adjust_lr_fn="match_rms_adamw"`, Liu et al. 2025, arXiv
     2502.16982), so one base learning rate serves both optimisers.
     """
+    device = next(model.parameters()).device
+    use_muon = cfg.matrix_optimizer == "muon" or (cfg.matrix_optimizer == "auto" and device.type == "cuda")
     adamw, muon = [], []
     for g in model.param_groups():
         group = {"params": g.params, "lr": cfg.lr * g.lr_mult, "weight_decay": cfg.weight_decay * g.wd_mult,
                  "name": g.name}
-        (muon if g.optimizer == "muon" and cfg.muon else adamw).append(group)
+        (muon if g.optimizer == "muon" and use_muon else adamw).append(group)
     optimizers = [torch.optim.AdamW(adamw, betas=cfg.betas)] if adamw else []
     if muon:
         optimizers.append(torch.optim.Muon(muon, adjust_lr_fn="match_rms_adamw"))
@@ -261,7 +266,8 @@ class Trainer:
         self.step, self.tokens = state["step"], state["tokens"]
         self.bad_in_a_row, self.skipped = state["bad_in_a_row"], state["skipped"]
         if len(state["optimizers"]) != len(self.optimizers):
-            raise ConfigError("the checkpoint's optimisers do not match this run's (was `muon` changed?)")
+            raise ConfigError("the checkpoint's optimisers do not match this run's (was matrix_optimizer changed, "
+                              "or the device, under matrix_optimizer=auto?)")
         for opt, s in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(s)
         for sched, s in zip(self.schedulers, state["schedulers"]):

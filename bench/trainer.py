@@ -106,7 +106,7 @@ def main() -> None:
     print(code_line())
 
     # (a) the trainer against a bare loop
-    cfg = TrainConfig(steps=10_000, muon=False, warmup=0, lr=3e-4)
+    cfg = TrainConfig(steps=10_000, matrix_optimizer="adamw", warmup=0, lr=3e-4)
     bare_model, trainer_model = model("transformer-5m"), model("transformer-5m")
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=3e-4, betas=cfg.betas, weight_decay=cfg.weight_decay)
     trainer = Trainer(trainer_model, _Batches(fixed), [], cfg)

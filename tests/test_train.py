@@ -27,7 +27,7 @@ def test_wsd_schedule_warms_up_holds_and_cools_down():
 
 
 def test_optimisers_follow_the_models_groups():
-    run = run_config("attractor-1m", ["model.d=32", "model.n_head=2"])
+    run = run_config("attractor-1m", ["model.d=32", "model.n_head=2", "train.matrix_optimizer=muon"])
     from attractor.models import from_config
 
     model = from_config(run.model)
@@ -37,8 +37,9 @@ def test_optimisers_follow_the_models_groups():
     assert by_name["attractor"]["lr"] == run.train.lr * run.model.lr_mult
     assert by_name["embedding"]["weight_decay"] == 0 and by_name["backbone"]["weight_decay"] == run.train.weight_decay
     assert sum(len(g["params"]) for g in by_name.values()) == len(list(model.parameters()))
-    (only,) = make_optimizers(model, TrainConfig(muon=False))
-    assert isinstance(only, torch.optim.AdamW)
+    for choice in ("adamw", "auto"):  # auto: AdamW on the CPU
+        (only,) = make_optimizers(model, TrainConfig(matrix_optimizer=choice))
+        assert isinstance(only, torch.optim.AdamW)
 
 
 class Batches:
