@@ -160,7 +160,7 @@ def main() -> None:
         rows.append([preset, f"{m.parameter_counts()['dense'] / 1e6:.2f}M", f"{tok / sec:.0f}",
                      f"{out.n_evals}", f"{flops / 1e6:.1f}", f"{achieved:.0f}", f"{achieved / peak:.2f}"])
     rel = ratio(t, "attractor-5m", "transformer-5m")
-    print_table("(c) 5M models in the trainer (Muon + AdamW), batch 16 x 256", [
+    print_table("(c) 5M models in the trainer (its defaults: AdamW on the CPU), batch 16 x 256", [
         "model", "dense", "tokens/s", "evals of f", "train MFLOP/token", "GFLOP/s", "of fp32 peak"], rows,
         env=env_line(extra=f"{n_c} rounds after 3 warm-up; fp32 matmul peak {peak:.0f} GFLOP/s (2048^3)"))
     print(f"\nAttractor / transformer tokens/s (median of per-round ratios): {rel:.3f}")
