@@ -16,9 +16,12 @@ so load from other jobs cancels out better than in a ratio of medians):
       (model.flops_per_token(out)), plus the gradient's extra evaluation of f for the Attractor,
       plus twice the forward FLOPs of everything backpropagated through (the backbone, the head
       and one evaluation of f under the one-step gradient).
+  (d) torch's Muon against AdamW for the blocks' matrices, in the trainer, for the 1M models
+      (why `train.matrix_optimizer=auto` picks AdamW on the CPU).
 
-Run:  python -m bench.trainer            (a) 20 rounds, (b) 10, (c) 20  (~10 minutes)
+Run:  python -m bench.trainer            (a) 20 rounds, (b) 10, (c) 20, (d) 10  (~12 minutes)
       python -m bench.trainer --quick    fewer rounds (~3 minutes)
+      python -m bench.trainer --only d   one section (a, b, c or d; repeatable)
 """
 
 from __future__ import annotations
@@ -96,23 +99,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--only", action="append", choices=list("abcd"), help="run only these sections")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    n_a, n_b, n_c = (5, 3, 5) if args.quick else (20, 10, 20)
+    sections = set(args.only or "abcd")
+    n_a, n_b, n_c, n_d = (5, 3, 5, 3) if args.quick else (20, 10, 20, 10)
     data = prepare(run_config("transformer-5m").data, progress=False)
     stream = TokenBatches(data.train, BATCH, SEQ, seed=0)
     fixed = [next(stream) for _ in range(4)]
     print(code_line())
+    x, y = fixed[0]
+    if "a" in sections:
+        trainer_against_bare(fixed, n_a)
+    if "b" in sections:
+        compiled_against_eager(x, y, n_b)
+    if "c" in sections:
+        models_in_the_trainer(fixed, n_c)
+    if "d" in sections:
+        muon_against_adamw(fixed, n_d)
 
-    # (a) the trainer against a bare loop
+
+def trainer_against_bare(fixed, n_a: int) -> None:
+    """(a) the trainer against a bare loop."""
     cfg = TrainConfig(steps=10_000, matrix_optimizer="adamw", warmup=0, lr=3e-4)
     bare_model, trainer_model = model("transformer-5m"), model("transformer-5m")
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=3e-4, betas=cfg.betas, weight_decay=cfg.weight_decay)
     trainer = Trainer(trainer_model, _Batches(fixed), [], cfg)
     x, y = fixed[0]
-    times = rounds({"bare": lambda: bare_step(bare_model, bare_opt, x, y), "trainer": trainer.train_step}, n_a, 3)
     tok = BATCH * SEQ
+    times = rounds({"bare": lambda: bare_step(bare_model, bare_opt, x, y), "trainer": trainer.train_step}, n_a, 3)
     print_table("(a) Trainer against a bare AdamW loop, transformer-5m, batch 16 x 256", [
         "loop", "median s/step", "tokens/s", "speed vs bare"], [
         ["bare (forward, backward, AdamW)", f"{statistics.median(times['bare']):.3f}",
@@ -121,27 +136,34 @@ def main() -> None:
          f"{tok / statistics.median(times['trainer']):.0f}", f"{ratio(times, 'trainer', 'bare'):.3f}"]],
         env=env_line(extra=f"{n_a} rounds after 3 warm-up"))
 
-    # (b) torch.compile against eager
-    if not args.skip_compile:
-        rows = []
-        for preset in ("transformer-5m", "attractor-5m"):
-            eager, comp = model(preset), model(preset)
-            comp.load_state_dict(eager.state_dict())
-            compiled = torch.compile(comp)
-            opt_e = torch.optim.AdamW(eager.parameters(), lr=3e-4)
-            opt_c = torch.optim.AdamW(comp.parameters(), lr=3e-4)
-            start = time.perf_counter()
-            bare_step(compiled, opt_c, x, y)  # compiles
-            compile_s = time.perf_counter() - start
-            t = rounds({"eager": lambda: bare_step(eager, opt_e, x, y),
-                        "compiled": lambda: bare_step(compiled, opt_c, x, y)}, n_b, 2)
-            rows.append([preset, f"{compile_s:.0f}", f"{tok / statistics.median(t['eager']):.0f}",
-                         f"{tok / statistics.median(t['compiled']):.0f}", f"{ratio(t, 'compiled', 'eager'):.3f}"])
-        print_table("(b) torch.compile against eager, bare AdamW loop, batch 16 x 256", [
-            "model", "first step s", "eager tokens/s", "compiled tokens/s", "compiled / eager"], rows,
-            env=env_line(extra=f"{n_b} rounds after 2 warm-up"))
 
-    # (c) the 5M models in the trainer: tokens/s, Attractor / transformer, fraction of peak
+
+def compiled_against_eager(x, y, n_b: int) -> None:
+    """(b) torch.compile against eager."""
+    tok = BATCH * SEQ
+    rows = []
+    for preset in ("transformer-5m", "attractor-5m"):
+        eager, comp = model(preset), model(preset)
+        comp.load_state_dict(eager.state_dict())
+        compiled = torch.compile(comp)
+        opt_e = torch.optim.AdamW(eager.parameters(), lr=3e-4)
+        opt_c = torch.optim.AdamW(comp.parameters(), lr=3e-4)
+        start = time.perf_counter()
+        bare_step(compiled, opt_c, x, y)  # compiles
+        compile_s = time.perf_counter() - start
+        t = rounds({"eager": lambda: bare_step(eager, opt_e, x, y),
+                    "compiled": lambda: bare_step(compiled, opt_c, x, y)}, n_b, 2)
+        rows.append([preset, f"{compile_s:.0f}", f"{tok / statistics.median(t['eager']):.0f}",
+                     f"{tok / statistics.median(t['compiled']):.0f}", f"{ratio(t, 'compiled', 'eager'):.3f}"])
+    print_table("(b) torch.compile against eager, bare AdamW loop, batch 16 x 256", [
+        "model", "first step s", "eager tokens/s", "compiled tokens/s", "compiled / eager"], rows,
+        env=env_line(extra=f"{n_b} rounds after 2 warm-up"))
+
+
+def models_in_the_trainer(fixed, n_c: int) -> None:
+    """(c) the 5M models in the trainer: tokens/s, Attractor / transformer, fraction of peak."""
+    x, y = fixed[0]
+    tok = BATCH * SEQ
     peak_before = matmul_peak()
     trainers = {}
     for preset in ("transformer-5m", "attractor-5m"):
@@ -164,6 +186,21 @@ def main() -> None:
         "model", "dense", "tokens/s", "evals of f", "train MFLOP/token", "GFLOP/s", "of fp32 peak"], rows,
         env=env_line(extra=f"{n_c} rounds after 3 warm-up; fp32 matmul peak {peak:.0f} GFLOP/s (2048^3)"))
     print(f"\nAttractor / transformer tokens/s (median of per-round ratios): {rel:.3f}")
+
+
+def muon_against_adamw(fixed, n_d: int) -> None:
+    """(d) Muon against AdamW for the matrices, the 1M models, in the trainer."""
+    tok = BATCH * SEQ
+    rows = []
+    for preset in ("transformer-1m", "attractor-1m"):
+        steps = {choice: Trainer(model(preset), _Batches(fixed), [], TrainConfig(steps=10_000, matrix_optimizer=choice)).train_step
+                 for choice in ("muon", "adamw")}
+        t = rounds(steps, n_d, 2)
+        rows.append([preset, f"{tok / statistics.median(t['muon']):.0f}", f"{tok / statistics.median(t['adamw']):.0f}",
+                     f"{ratio(t, 'adamw', 'muon'):.2f}"])
+    print_table("(d) torch.optim.Muon against AdamW for the blocks' matrices, in the trainer, batch 16 x 256", [
+        "model", "Muon tokens/s", "AdamW tokens/s", "AdamW speed / Muon"], rows,
+        env=env_line(extra=f"{n_d} rounds after 2 warm-up"))
 
 
 class _Batches:
