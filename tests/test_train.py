@@ -89,6 +89,38 @@ def test_non_finite_steps_are_skipped_then_the_run_stops():
             trainer.train_step()
 
 
+class Halves(Batches):
+    """Yields the two halves of Batches' batches in turn: what accumulation over 2 sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.pending = []
+
+    def __next__(self):
+        if not self.pending:
+            idx, targets = super().__next__()
+            self.pending = [(idx[1:], targets[1:]), (idx[:1], targets[:1])]
+        return self.pending.pop()
+
+
+def test_accumulated_micro_batches_equal_one_batch():
+    run = run_config("attractor-1m", ["model.d=32", "model.n_head=2", "model.n_backbone=1", "model.seq_len=8"])
+    from attractor.models import from_config
+
+    weights = []
+    for accum, batches in ((1, Batches()), (2, Halves())):
+        torch.manual_seed(0)
+        model = from_config(run.model)
+        trainer = Trainer(model, batches, [], TrainConfig(steps=10, batch_size=2, grad_accum=accum, warmup=0))
+        records = [trainer.train_step() for _ in range(3)]
+        losses = [(r["loss"], r["grad_norm"]) for r in records]  # AdamW ignores a gradient's scale; the norm does not
+        weights.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (loss1, w1), (loss2, w2) = weights
+    torch.testing.assert_close(torch.tensor(loss2), torch.tensor(loss1), rtol=1e-5, atol=1e-6)
+    for a, b in zip(w1, w2):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 class Killed(Exception):
     pass
 
