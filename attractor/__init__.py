@@ -15,7 +15,7 @@ def load(path, *, device="cpu"):
 
     Imported lazily, so `import attractor` stays the light core.
     """
-    from attractor.run import load as load_model
+    from attractor.run import load_run
 
-    return load_model(path, device=device)
+    return load_run(path, device=device)[0]
 __version__ = "0.1.0"

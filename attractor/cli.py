@@ -20,6 +20,7 @@ checkpoint) print as one line and exit with code 2; a run stopped by non-finite 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -71,9 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Validation loss and perplexity of a checkpoint at each depth, with solve statistics."""
-    from attractor.data import prepare, val_batches
+    from attractor.data import prepare
     from attractor.evaluate import depth_sweep, parse_depths
-    from attractor.run import load_run
+    from attractor.run import load_run, validation
 
     try:
         depths = parse_depths(args.iters)
@@ -81,8 +82,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     model, _, run, step = load_run(args.checkpoint)
     data = prepare(run.data, progress=False)
-    batch = run.train.batch_size // run.train.grad_accum
-    batches = val_batches(data.val, batch, run.model.seq_len, max_batches=args.batches or run.train.eval_batches)
+    if args.batches is not None:
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=args.batches))
+    batches = validation(run, data)
     rows = depth_sweep(model, batches, depths)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,

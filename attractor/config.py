@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from attractor import schema
 from attractor.data import DataConfig
-from attractor.errors import ConfigError
+from attractor.errors import ConfigError, check_name
 from attractor.models import config as model_config
 from attractor.models import config_from_dict, config_to_dict
 from attractor.models.registry import key_path
@@ -47,7 +47,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError("a run config must be a mapping with model, data and train")
         for key in data:
-            schema.check_name(key, SECTIONS, "run config section")
+            check_name(key, SECTIONS, "run config section")
         return cls(config_from_dict(data.get("model", {})), schema.from_dict(DataConfig, data.get("data", {})),
                    schema.from_dict(TrainConfig, data.get("train", {})))
 
@@ -81,7 +81,7 @@ def section_of(key: str, run: RunConfig) -> tuple[str, str]:
                           f"write {' or '.join(f'{o}.{key}' for o in owners)}")
     if not owners:
         known = set().union(*(_top_names(run, s) for s in SECTIONS))
-        schema.check_name(head, known, "config key")
+        check_name(head, known, "config key")
     return owners[0], key
 
 

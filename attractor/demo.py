@@ -10,17 +10,16 @@ finished), so an interrupted demo continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from attractor.config import run_config
-from attractor.data import prepare, val_batches
+from attractor.data import prepare
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_sweep
 from attractor.generate import sample
 from attractor.io import atomic_write_json
-from attractor.run import load_run, train
+from attractor.run import load_run, train, validation
 
 MODELS = ("attractor-1m", "transformer-1m")
 PROMPTS = ("And God said", "The LORD is my")
@@ -44,7 +43,7 @@ def demo(out: str | Path = "runs/demo", *, steps: int = 300, depths=(0, 1, 2, 4,
     for preset in MODELS:
         model, tokenizer, run, step = load_run(out / preset)
         data = prepare(run.data, progress=False)
-        batches = val_batches(data.val, run.train.batch_size, run.model.seq_len, max_batches=run.train.eval_batches)
+        batches = validation(run, data)
         sweeps[preset] = depth_sweep(model, batches, list(depths))
         samples[preset] = [p + tokenizer.decode(sample(model, tokenizer.encode(p), max_new_tokens=new_tokens,
                                                        temperature=0.8, seed=i)) for i, p in enumerate(PROMPTS)]
@@ -73,6 +72,6 @@ def demo(out: str | Path = "runs/demo", *, steps: int = 300, depths=(0, 1, 2, 4,
         print(f"\nfigures: {out / 'training.png'}, {out / 'depth_sweep.png'}")
     except ConfigError as err:  # matplotlib missing: the numbers above still stand
         print(f"\nno figures ({err})")
-    atomic_write_json(out / "summary.json", json.loads(json.dumps(summary)))
+    atomic_write_json(out / "summary.json", summary)
     print(f"summary: {out / 'summary.json'}")
     return summary

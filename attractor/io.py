@@ -175,8 +175,8 @@ def verify(path: str | Path) -> dict:
     return manifest
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory's newest checkpoint that verifies.
+def find_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """(directory, manifest) of a checkpoint, or of a run directory's newest that verifies.
 
     A run directory's `latest` is tried first; if it is missing or its checkpoint is damaged,
     the newest checkpoint that verifies is used (a run killed while writing one leaves the
@@ -186,8 +186,7 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     if (path / "manifest.json").exists() or _CKPT.match(path.name):
-        verify(path)
-        return path
+        return path, verify(path)
     candidates = checkpoints(path)
     latest = path / "latest"
     if latest.is_file():
@@ -196,8 +195,7 @@ def find_checkpoint(path: str | Path) -> Path:
     errors = []
     for candidate in reversed(candidates):
         try:
-            verify(candidate)
-            return candidate
+            return candidate, verify(candidate)
         except CheckpointError as err:
             errors.append(str(err))
     if errors:
@@ -209,8 +207,7 @@ def load_checkpoint(path: str | Path, *, with_state: bool = True, map_location="
     """Load a verified checkpoint (a checkpoint directory or a run directory's newest)."""
     from safetensors.torch import load_file
 
-    path = find_checkpoint(path)
-    manifest = verify(path)
+    path, manifest = find_checkpoint(path)
     try:
         model_state = load_file(path / "model.safetensors", device=str(map_location))
         config = json.loads((path / "config.json").read_text())

@@ -32,11 +32,6 @@ def tokenizer_text(tokenizer: Tokenizer) -> str:
     return json.dumps(tokenizer.to_json())
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a checkpoint (or of a run directory's newest), in eval mode, on `device`."""
-    return load_run(path, device=device)[0]
-
-
 def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, RunConfig, int]:
     """(model in eval mode, tokenizer, run config, step) of a checkpoint or run directory."""
     ckpt = io.load_checkpoint(path, with_state=False)
@@ -53,7 +48,14 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[n
     return model.to(device).eval(), tokenizer_from_json(ckpt.tokenizer_json, where=str(ckpt.path)), run, ckpt.step
 
 
-def _data(run: RunConfig, rank: int, world: int, seq_len: int):
+def validation(run: RunConfig, data) -> list:
+    """The fixed validation batches of a run: micro-batch rows, the model's context, eval_batches
+    of them. Training, `attractor eval` and the demo all evaluate on exactly these."""
+    micro_batch = run.train.batch_size // run.train.grad_accum
+    return val_batches(data.val, micro_batch, run.model.seq_len, max_batches=run.train.eval_batches)
+
+
+def _data(run: RunConfig, rank: int, world: int):
     """The prepared data (rank 0 tokenises, the others wait and read its cache)."""
     if world > 1 and rank != 0:
         dist.barrier()
@@ -84,12 +86,12 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     torch.manual_seed(run.train.seed)
     model = from_config(run.model)  # initialised from the seed, then overwritten on resume
     seq_len = run.model.seq_len
-    data = _data(run, rank, world, seq_len)
+    data = _data(run, rank, world)
     micro_batch = run.train.batch_size // run.train.grad_accum
     if micro_batch % world:
         raise ConfigError(f"batch_size / grad_accum = {micro_batch} must be divisible by the {world} processes")
     batches = TokenBatches(data.train, micro_batch, seq_len, seed=run.train.seed, rank=rank, world_size=world)
-    val = val_batches(data.val, micro_batch, seq_len, max_batches=run.train.eval_batches)
+    val = validation(run, data)
     metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
     bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
     board = _Board(out, ckpt.step if ckpt is not None else 0) if rank == 0 else None

@@ -181,7 +181,7 @@ def test_two_processes_match_one(tmp_path, corpus):
     assert len(a) == len(b) == 4
     # same global batch: the same losses (averaged over ranks) and weights, up to float32 summation order
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
-    from attractor.run import load
+    from attractor import load
 
     w1, w2 = load(tmp_path / "one").state_dict(), load(tmp_path / "two").state_dict()
     for name in w1:
