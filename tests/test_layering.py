@@ -12,6 +12,7 @@ FORBIDDEN = {
     "fixedpoint": ["layers", "models", "tasks", "data", "train", "config", "cli"],
     "models": ["tasks", "data", "train", "config", "cli"],
     "data": ["models", "tasks", "train", "config", "cli"],
+    "tasks": ["models", "train", "config", "cli"],
 }
 
 

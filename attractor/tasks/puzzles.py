@@ -1,0 +1,211 @@
+"""Puzzle batches for the one trainer, and the puzzle metrics (exact and cell accuracy).
+
+    data = load_puzzles("data/sudoku-1k")
+    batches = PuzzleBatches(data["train"], batch_size=32, seed=0)
+    inputs, labels = next(batches)          # (32, 81) int64 each; labels -100 where not scored
+    test = test_batches(data["test"], batch_size=32, max_puzzles=1000)
+
+Training order is TRM's (Jolicoeur-Martineau 2025, arXiv 2510.04871; reference-impl.md 4.1): an
+epoch is one random member of every group (an original puzzle and its augmentations), in a
+shuffled order, so each original puzzle is seen once per epoch whatever its number of
+augmentations. Epochs follow each other as one stream (TRM concatenates epochs and drops only a
+trailing incomplete batch, so no puzzle is skipped at an epoch's end). Epoch e's draw comes from
+numpy's generator seeded with SeedSequence([seed, e]); step n takes stream positions
+n*B .. n*B + B - 1. So the batches are a pure function of (seed, step): the position is the whole
+state, a resume repeats the uninterrupted run, and under DDP rank r of w takes rows r::w of the
+same global batch (as attractor/data/batches.py TokenBatches does).
+
+Labels: the dataset's pad id 0 means "not a cell", mapped to IGNORE_INDEX (-100); every other
+cell, clues included, is scored, as in the published builders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attractor.data.puzzles import Split, load_puzzles
+from attractor.errors import ConfigError, check_int
+from attractor.schema import check_fields, require
+
+IGNORE_INDEX = -100  # PyTorch's ignore value, the models' (attractor/models/base.py)
+PAD = 0  # the datasets' pad token id (docs/data.md, "Puzzles")
+
+
+@dataclass(frozen=True)
+class PuzzleDataConfig:
+    """The data of a puzzle run: a dataset folder built by `attractor data sudoku|maze|...`."""
+
+    source: str | None = None  # the dataset folder (dataset.json beside train/ and test/); None: not chosen yet
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.source != "", "PuzzleDataConfig.source must not be empty")
+
+    def load(self) -> dict:
+        """load_puzzles(source): {"meta", "train", "test"}, arrays memory-mapped; a ConfigError
+        (one line) when the source is unset, missing or not a puzzle dataset."""
+        if self.source is None:
+            raise ConfigError("a puzzle model needs a dataset: --data DIR (build one with `attractor data sudoku`)")
+        return load_puzzles(self.source)
+
+
+def scored_labels(labels: np.ndarray) -> Tensor:
+    """(N, L) dataset labels -> int64 tensor with the pad id replaced by IGNORE_INDEX."""
+    out = torch.from_numpy(np.asarray(labels).astype(np.int64))
+    out[out == PAD] = IGNORE_INDEX
+    return out
+
+
+def _rows(split: Split, index: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(inputs, labels) int64 (len(index), L) for rows `index` of a split."""
+    index = np.asarray(index)
+    return torch.from_numpy(split.inputs[index].astype(np.int64)), scored_labels(split.labels[index])
+
+
+class PuzzleBatches:
+    """Endless training batches in TRM's order: next(batches) -> (inputs, labels).
+
+    Args:
+        split: the training split (attractor.data.puzzles.Split).
+        batch_size: the GLOBAL batch; each rank gets batch_size // world_size rows.
+        seed: with the step count, fixes every batch.
+        rank, world_size: this process's share, rows rank::world_size of the global batch.
+    Yields:
+        inputs: (batch_size // world_size, L) int64 token ids;
+        labels: the same shape, int64, IGNORE_INDEX where the dataset has pad.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.split = split
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.world_size = check_int(world_size, "world_size", minimum=1)
+        self.rank = check_int(rank, "rank", minimum=0)
+        if self.rank >= self.world_size:
+            raise ConfigError(f"rank={rank} must be below world_size={world_size}")
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"batch_size={batch_size} (global) must be divisible by world_size={world_size}")
+        if len(split) == 0:
+            raise ConfigError("the training split has no puzzles")
+        # Rows of each group, contiguous after a stable sort by group: group g owns
+        # order[first[g] : first[g] + size[g]].
+        group = np.asarray(split.group, np.int64)
+        self.order = np.argsort(group, kind="stable")
+        self.size = np.bincount(group)
+        if (self.size == 0).any():
+            raise ConfigError(f"the training split's groups must be numbered 0..G-1 without gaps "
+                              f"(group {int(np.argmin(self.size))} has no rows)")
+        self.first = np.concatenate([[0], np.cumsum(self.size)[:-1]])
+        self.step = 0
+        self._epoch, self._epoch_rows = -1, np.zeros(0, np.int64)
+
+    @property
+    def groups(self) -> int:
+        """G, the number of original puzzles: the length of an epoch."""
+        return len(self.size)
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """(G,) dataset rows of epoch `epoch`: one random member of each group, shuffled."""
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            member = rng.integers(0, self.size)                    # (G,) index within each group
+            rows = self.order[self.first + member]
+            self._epoch, self._epoch_rows = epoch, rows[rng.permutation(self.groups)]
+        return self._epoch_rows
+
+    def rows(self, step: int) -> np.ndarray:
+        """(batch_size,) dataset rows of the global batch at `step`, every rank's."""
+        positions = step * self.batch_size + np.arange(self.batch_size)
+        epochs = positions // self.groups
+        return np.concatenate([self.epoch_rows(int(e))[positions[epochs == e] % self.groups]
+                               for e in np.unique(epochs)])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        rows = self.rows(self.step)[self.rank::self.world_size]
+        self.step += 1
+        return _rows(self.split, rows)
+
+    def state_dict(self) -> dict:
+        """JSON-safe position: the batches after load_state_dict(this) are the ones that follow now."""
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"seed", "step"}:
+            raise ConfigError(f"PuzzleBatches state must be {{'seed', 'step'}}, got {state!r}")
+        if state["seed"] != self.seed:
+            raise ConfigError(f"PuzzleBatches state has seed {state['seed']!r}, but these batches use seed {self.seed}")
+        self.step = check_int(state["step"], "PuzzleBatches step", minimum=0)
+
+
+class TestBatches:
+    """A split in order, in batches of `batch_size` rows (the last possibly fewer): a sequence
+    of (inputs, labels) as PuzzleBatches yields, read from the (memory-mapped) split on access,
+    so the full Sudoku-Extreme test set (423k puzzles) costs no memory until it is evaluated.
+
+    `ratings[i]` is row i's rating (its group's: the Sudoku rating, or a maze's path length).
+    Slicing gives the first batches: `batches[:8]`.
+    """
+
+    def __init__(self, split: Split, batch_size: int, max_puzzles: int | None = None, *, _allow_empty: bool = False):
+        self.split = split
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        n = len(split)
+        if max_puzzles is not None:
+            n = min(n, check_int(max_puzzles, "puzzles", minimum=0 if _allow_empty else 1))
+        self.n = n
+        self.ratings = np.asarray(split.rating)[np.asarray(split.group[:n], np.int64)]  # (n,)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):  # the first batches only (what the trainer asks for)
+            first, stop, stride = item.indices(len(self))
+            if first != 0 or stride != 1:
+                raise ValueError("TestBatches slices must start at the first batch: batches[:k]")
+            return TestBatches(self.split, self.batch_size, min(stop * self.batch_size, self.n), _allow_empty=True)
+        if not -len(self) <= item < len(self):
+            raise IndexError(f"batch {item} of {len(self)}")
+        start = (item % len(self)) * self.batch_size
+        return _rows(self.split, np.arange(start, min(start + self.batch_size, self.n)))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def test_batches(split: Split, batch_size: int, max_puzzles: int | None = None) -> TestBatches:
+    """The split's first `max_puzzles` rows (all when None) in order, in batches: see TestBatches."""
+    return TestBatches(split, batch_size, max_puzzles)
+
+
+test_batches.__test__ = False  # not a pytest test, whatever its name
+TestBatches.__test__ = False
+
+
+def cell_metrics(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-puzzle exactness and cell accuracy of the argmax answer.
+
+    Args:
+        logits: (B, L, V) scores over the answer tokens.
+        labels: (B, L) int64 token ids, IGNORE_INDEX where a cell is not scored.
+    Returns:
+        exact: (B,) bool, every scored cell right (a puzzle with no scored cell counts as exact);
+        cell: (B,) float32, the share of scored cells right (1 where none is scored).
+    """
+    if logits.dim() != 3 or logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits must be (B, L, V) with labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    scored = labels != IGNORE_INDEX
+    right = (logits.argmax(-1) == labels) & scored                   # (B, L)
+    n_scored = scored.sum(-1)
+    exact = right.sum(-1) == n_scored
+    cell = torch.where(n_scored > 0, right.sum(-1).float() / n_scored.clamp(min=1), torch.ones(()))
+    return exact, cell
