@@ -130,7 +130,7 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
 
 
 def save(trainer: Trainer, run: RunConfig, tokenizer: Tokenizer, out: Path) -> Path:
-    return io.save_checkpoint(out, trainer.step, model_state=trainer.model.state_dict(), config=run.to_dict(),
+    return io.save_checkpoint(out, trainer.step, model_state=trainer.inference_state_dict(), config=run.to_dict(),
                               tokenizer_json=tokenizer_text(tokenizer), state=trainer.state_dict())
 
 

@@ -11,7 +11,10 @@ A plain loop, nanoGPT-style, around four ideas:
   the run stops with an error instead of training on garbage;
 - everything a resume needs is state (`state_dict`): weights, optimisers, schedule, step, token
   count, the data position and every random generator, so a resumed run repeats the
-  uninterrupted one's losses.
+  uninterrupted one's losses;
+- an optional exponential moving average of the weights (`ema`, TRM's 0.999 for puzzles): it is
+  what evaluation and a checkpoint's served weights use, while training goes on with the raw
+  weights, which the resume state keeps.
 
 Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
 (gloo on CPU, nccl on CUDA); each rank draws its rows of the same global batch, and only rank 0
@@ -25,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,6 +67,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
+    ema: float | None = None  # decay of an average of the weights that evaluation and checkpoints serve; None: off
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -80,6 +84,7 @@ class TrainConfig:
                 "max_bad_steps, log_every and eval_batches must be >= 1")
         require(self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1 or None")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1 or None")
+        require(self.ema is None or 0.0 < self.ema < 1.0, f"ema={self.ema} must be in (0, 1) or None")
 
 
 def wsd(step: int, cfg: TrainConfig) -> float:
@@ -87,7 +92,7 @@ def wsd(step: int, cfg: TrainConfig) -> float:
     (the lower of the two ramps where a short run makes them overlap)."""
     warm = (step + 1) / (cfg.warmup + 1) if step < cfg.warmup else 1.0
     decay_start = cfg.steps * (1.0 - cfg.cooldown)
-    cool = 1.0 if step < decay_start else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
+    cool = 1.0 if step < decay_start or cfg.cooldown == 0 else max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
     return min(warm, cool)
 
 
@@ -144,25 +149,77 @@ class Callbacks:
     progress: Callable[[dict], None] = lambda record: None  # every step (a progress bar)
 
 
+class EMA:
+    """An exponential moving average of a model's parameters: after each optimiser step
+    shadow <- decay * shadow + (1 - decay) * weights, starting from the initial weights (as
+    TRM's EMAHelper, no bias correction). Buffers are not averaged: the model's own are used.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.names = [name for name, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        self.shadow = [p.detach().float().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """Within the block the model's parameters hold the average; the raw ones come back after."""
+        raw = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
+
+    def state_dict(self) -> dict:
+        """The average and the raw weights by parameter name (the checkpoint's safetensors hold
+        the average, so a resume needs the raw weights from here)."""
+        return {"shadow": dict(zip(self.names, self.shadow)),
+                "raw": {n: p.detach().clone() for n, p in zip(self.names, self.params)}}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.names):
+            raise ConfigError("the checkpoint's weight average does not match this model's parameters")
+        for name, p, s in zip(self.names, self.params, self.shadow):
+            s.copy_(state["shadow"][name])
+            p.copy_(state["raw"][name])
+
+
 class Trainer:
     """Train `model` on batches from `train_batches` (an iterator of (idx, targets) that has
-    state_dict/load_state_dict), evaluating on the fixed list `val_batches`.
+    state_dict/load_state_dict), evaluating on the fixed sequence `val_batches` with `evaluate`
+    (the language models' loss by default; puzzle runs pass attractor.evaluate.evaluate_puzzles).
 
     Call `fit()` to run to cfg.steps from the current step (0, or a loaded state's).
     """
 
     def __init__(self, model: nn.Module, train_batches: Iterator[tuple[Tensor, Tensor]],
-                 val_batches: list[tuple[Tensor, Tensor]], cfg: TrainConfig, callbacks: Callbacks | None = None):
+                 val_batches: Sequence[tuple[Tensor, Tensor]], cfg: TrainConfig, callbacks: Callbacks | None = None,
+                 evaluate: Callable[..., dict] = evaluate):
         self.rank, self.world, local_rank = distributed()
         self.cfg, self.callbacks = cfg, callbacks or Callbacks()
         self.device = pick_device(cfg.device, local_rank)
         self.model = model.to(self.device)
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        # Buffers stay each rank's own: a recursive puzzle model's carry (its rows' state across
+        # supervision steps) is a buffer, and DDP's default would overwrite it with rank 0's.
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
+                                                        broadcast_buffers=False)
                     if self.world > 1 else None)
         self.net = self.ddp or self.model  # what the training step calls
         if cfg.compile:
             self.net = torch.compile(self.net)
-        self.train_batches, self.val_batches = train_batches, val_batches
+        self.train_batches, self.val_batches, self.evaluate_fn = train_batches, val_batches, evaluate
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema is not None else None
         self.optimizers = make_optimizers(self.model, cfg)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: wsd(s, cfg)) for o in self.optimizers]
         self.step, self.tokens, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
@@ -196,6 +253,8 @@ class Trainer:
         if finite:
             for opt in self.optimizers:
                 opt.step()
+            if self.ema is not None:
+                self.ema.update()
             self.bad_in_a_row = 0
         else:
             self.bad_in_a_row += 1
@@ -213,15 +272,25 @@ class Trainer:
                   "lr": self.schedulers[0].get_last_lr()[0] if self.schedulers else 0.0,
                   "grad_norm": float(grad_norm), "skipped": not finite}
         record.update(depth_stats(outs))
+        for key in outs[0].metrics:  # the model's own training metrics, averaged over micro-batches
+            record[key] = sum(float(o.metrics[key]) for o in outs) / len(outs)
         return record
 
     # ---- evaluation ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self, iters: int | None = None) -> dict:
-        """Mean loss over the validation batches at depth `iters` (None: the model's own)."""
-        return evaluate(self.model, self.val_batches[: self.cfg.eval_batches], iters=iters, device=self.device,
-                        autocast=self.autocast)
+        """The evaluation's metrics over the first eval_batches validation batches at depth
+        `iters` (None: the model's own), with the averaged weights when cfg.ema is set."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            return self.evaluate_fn(self.model, self.val_batches[: self.cfg.eval_batches], iters=iters,
+                                    device=self.device, autocast=self.autocast)
+
+    def inference_state_dict(self) -> dict[str, Tensor]:
+        """The model's state_dict with the averaged weights when cfg.ema is set: what a
+        checkpoint serves (its safetensors); the raw weights go to state_dict()."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -258,6 +327,7 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "data": json.dumps(self.train_batches.state_dict()),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
@@ -273,6 +343,10 @@ class Trainer:
         for sched, s in zip(self.schedulers, state["schedulers"]):
             sched.load_state_dict(s)
         self.train_batches.load_state_dict(json.loads(state["data"]))
+        if (self.ema is None) != ("ema" not in state):
+            raise ConfigError("the checkpoint and this run disagree on train.ema (an average of the weights or none)")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
