@@ -15,7 +15,7 @@ large lookup tables, so the published Attractor had about twice their dense para
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -44,6 +44,8 @@ class ModelOutput:
         converged: 0-d float tensor, fraction of tokens whose residual fell below tol (adaptive
             solves only; None otherwise). A tensor, not a float: reading it syncs the device.
         info: the solve's per-token (or per-sequence) FixedPointInfo, None without a solve.
+        metrics: named 0-d tensors the trainer logs as they are (the recursive puzzle models put
+            TRM's training metrics here); empty for most families.
     """
 
     logits: Tensor
@@ -52,6 +54,7 @@ class ModelOutput:
     n_evals: int = 0
     converged: Tensor | None = None
     info: FixedPointInfo | None = None
+    metrics: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.deq import DEQLM, DEQConfig
 from attractor.models.equilibrium import SolveConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
+from attractor.models.puzzle import PuzzleTransformer, PuzzleTransformerConfig
 from attractor.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF: dict[type, type[nn.Module]] = {
@@ -27,9 +28,11 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     TransformerConfig: TransformerLM,
     LoopedConfig: LoopedLM,
     DEQConfig: DEQLM,
+    PuzzleTransformerConfig: PuzzleTransformer,
 }
 FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
-                             "looped": LoopedConfig, "deq": DEQConfig}  # the tag saved with a config
+                             "looped": LoopedConfig, "deq": DEQConfig,
+                             "puzzle-transformer": PuzzleTransformerConfig}  # the tag saved with a config
 PRESETS: dict[str, Callable[[], object]] = {}
 
 
@@ -133,6 +136,18 @@ def transformer_770m():
 @preset
 def looped_770m():
     return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=9, n_recur=19, n_coda=9, **PARCAE)
+
+
+# ---- puzzles (SPEC 2.2): Sudoku 9x9 by default (L=81, vocab 11); mazes: seq_len=n*n, vocab_size=6 ----
+
+@preset
+def puzzle_transformer_cpu():  # 5 bidirectional blocks of d=128: 0.98M dense
+    return PuzzleTransformerConfig(d=128, n_head=4, n_layer=5)
+
+
+@preset
+def puzzle_transformer_27m():  # SPEC 2.2: width 512, 8 heads, 8 layers (our block: 25.2M dense)
+    return PuzzleTransformerConfig(d=512, n_head=8, n_layer=8)
 
 
 def config(name: str, **overrides):
