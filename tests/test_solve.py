@@ -1,0 +1,155 @@
+"""attractor.solve and `attractor solve`: reading puzzles, checking answers, running a model, and
+every bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attractor.data import maze, sudoku
+from attractor.data.puzzles import sudoku_tokens
+from attractor.errors import ConfigError
+from attractor.solve import check, read_maze, read_sudoku
+
+HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
+BOXES = [(3, 3), (2, 3), (2, 2)]
+
+
+# ---------------------------------------------------------------- reading Sudoku
+
+
+@st.composite
+def sudoku_cases(draw):
+    """(box, solution digits, puzzle digits with 0 blanks) from a random complete grid."""
+    box = draw(st.sampled_from(BOXES))
+    solution = sudoku.random_solution(draw(st.integers(0, 2**32 - 1)), box)
+    blanks = draw(st.lists(st.booleans(), min_size=len(solution), max_size=len(solution)))
+    return box, solution, [0 if b else d for d, b in zip(solution, blanks)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(sudoku_cases(), st.sampled_from(["line", "grid", "zeros", "generate", "spaced"]))
+def test_sudoku_reads_back_in_every_layout(case, layout):
+    box, solution, digits = case
+    n = len(solution) ** 0.5
+    line = sudoku.render(digits)
+    text = {"line": line, "zeros": sudoku.render(digits, "0"), "generate": f"{line}\t17\n",
+            "grid": "\n".join(line[r * int(n):(r + 1) * int(n)] for r in range(int(n))),
+            "spaced": " ".join(line) + "\n\n"}[layout]
+    puzzle = read_sudoku(text, box)
+    assert puzzle.cells == line and puzzle.side == n and puzzle.box == box
+    assert read_sudoku(puzzle.show(), box) == puzzle                      # the printed grid reads back
+    assert puzzle.tokens().tolist() == [d + 1 for d in digits]            # the datasets' token ids
+    assert puzzle.decode(sudoku_tokens([sudoku.render(solution)], box)[0]) == sudoku.render(solution)
+    assert puzzle.given() == [d != 0 for d in digits]
+    assert check(puzzle, sudoku.render(solution)).ok
+
+
+@pytest.mark.parametrize("text, box, match", [
+    ("1" * 80, (3, 3), "Sudoku has 80 cells, expected 81 (9x9)"),
+    ("." * 36, (3, 3), "Sudoku has 36 cells (6x6), expected 81 (9x9)"),
+    (HARD, (2, 3), "Sudoku has 81 cells (9x9), expected 36 (6x6)"),
+    ("..x" + "." * 78, (3, 3), "bad character 'x' at row 1, column 3"),
+    ("." * 40 + "7" + "." * 35 + "|" + "." * 4, (3, 3), "bad character '|' at row 9, column 5"),
+    ("." * 30 + "7" + "." * 5, (2, 3), "bad character '7' at row 6, column 1 (digits 1-6"),
+    ("5" + "." * 9 + "5" + "." * 70, (3, 3), "two 5s in box 1"),
+    ("." * 9 + "3" + "." * 8 + "3" + "." * 62, (3, 3), "two 3s in column 1"),
+    ("2..2" + "." * 12, (2, 2), "two 2s in row 1"),
+])
+def test_bad_sudoku_is_one_line_that_says_where(text, box, match):
+    with pytest.raises(ConfigError, match=None) as err:
+        read_sudoku(text, box)
+    assert match in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_sudoku_answers_are_checked_for_rules_clues_and_blanks():
+    solution = sudoku.solve(HARD).solution
+    puzzle = read_sudoku(HARD)
+    assert check(puzzle, solution).ok
+    verdict = check(puzzle, "." + solution[1:])
+    assert not verdict.ok and "incomplete" in verdict.message and "row 1, column 1" in verdict.message
+    swapped = solution[1] + solution[0] + solution[2:]                  # row still fine, columns not
+    verdict = check(puzzle, swapped)
+    assert not verdict.ok and "breaks the rules: two" in verdict.message and "column" in verdict.message
+    # A valid grid that is not this puzzle's solution: relabel two digits everywhere.
+    a, b = solution[1], solution[2]
+    other = solution.translate(str.maketrans(a + b, b + a))
+    verdict = check(puzzle, other)
+    assert not verdict.ok and "changes clues" in verdict.message, verdict.message
+
+
+# ---------------------------------------------------------------- reading and checking mazes
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(5, 14), st.integers(0, 2**32 - 1))
+def test_mazes_printed_by_generate_read_back(size, seed):
+    made = maze.generate(1, size=size, min_path=1, rng=seed)[0]
+    text = f"# maze 1: {size}x{size}, shortest path {made.path_length} moves\n{maze.show(made.answer, size)}\n\n"
+    puzzle = read_maze(text, size)
+    assert puzzle.cells == made.question and puzzle.side == size and puzzle.box is None
+    assert read_maze(maze.show(made.question, size)) == puzzle
+    assert puzzle.decode(maze.to_tokens([made.answer])[0]) == made.answer
+    assert puzzle.tokens().tolist() == maze.to_tokens([made.question])[0].tolist()
+    verdict = check(puzzle, made.answer)
+    assert verdict.ok and f"in {made.path_length} moves, a shortest path" in verdict.message
+
+
+MAZE = ["#######",
+        "#S    #",
+        "# ### #",
+        "#   # #",
+        "### # #",
+        "#G    #",
+        "#######"]
+
+
+def drawn(cells: list[tuple[int, int]]) -> str:
+    grid = [list(row) for row in MAZE]
+    for r, c in cells:
+        grid[r][c] = "o"
+    return "".join("".join(row) for row in grid)
+
+
+def test_maze_answers_are_checked_for_a_connected_path():
+    puzzle = read_maze("\n".join(MAZE))
+    path = [(1, 2), (1, 3), (1, 4), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5), (5, 4), (5, 3), (5, 2)]
+    assert check(puzzle, drawn(path)).message == "connects S to G in 12 moves, longer than the shortest, 8 moves"
+    short = [(2, 1), (3, 1), (3, 2), (3, 3), (4, 3), (5, 3), (5, 2)]
+    assert check(puzzle, drawn(short)) == check(puzzle, maze.solve(puzzle.cells)[0])
+    assert check(puzzle, drawn(short)).ok
+    verdict = check(puzzle, drawn(short[:3] + short[4:]))
+    assert not verdict.ok and verdict.message.startswith("path broken at row 4, column 3"), verdict.message
+    verdict = check(puzzle, drawn(short[1:]))
+    assert not verdict.ok and verdict.message.startswith("path broken at S"), verdict.message
+    verdict = check(puzzle, drawn(short + [(1, 5)]))
+    assert not verdict.ok and "path cells off the way: 1" in verdict.message
+    verdict = check(puzzle, drawn(short + [(0, 3)]))
+    assert not verdict.ok and "changes the maze at row 1, column 4 ('#' became 'o')" in verdict.message
+
+
+@pytest.mark.parametrize("text, size, match", [
+    ("", None, "holds no maze"),
+    ("\n".join(MAZE) + "\n\n" + "\n".join(MAZE), None, "holds 2 mazes separated by empty lines"),
+    ("\n".join(MAZE[:3] + ["#  x# #"] + MAZE[4:]), None, "bad character 'x' at row 4, column 4"),
+    ("# maze 1: 7x7\n" + "\n".join(["#x#####"] + MAZE[1:]), None, "bad character 'x' at row 1, column 2"),
+    ("\n".join(MAZE[:3] + ["#   #"] + MAZE[4:]), None, "not rectangular: row 4 has 5 cells, row 1 has 7"),
+    ("\n".join(MAZE[:6]), None, "maze is 6x7; it must be square"),
+    ("\n".join(MAZE), 9, "maze is 7x7, this model solves 9x9 mazes"),
+    ("\n".join(MAZE).replace("G", " "), None, "exactly one S and one G (found 1 and 0)"),
+    ("\n".join(MAZE).replace("#G", "GG"), None, "exactly one S and one G (found 1 and 2)"),
+    ("\n".join(MAZE[:4] + ["#######"] + MAZE[5:]), None, "G cannot be reached from S"),
+])
+def test_bad_maze_is_one_line_that_says_what(text, size, match):
+    with pytest.raises(ConfigError) as err:
+        read_maze(text, size)
+    assert match in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_tokens_match_the_dataset_builders():
+    """The tokens a solve feeds a model are the ones it was trained on (attractor.data.puzzles)."""
+    puzzle = read_sudoku(HARD)
+    assert np.array_equal(puzzle.tokens(), sudoku_tokens([HARD])[0])
+    assert puzzle.tokens().dtype == np.int64
