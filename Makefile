@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,7 +23,19 @@ $(VENV)/.plot: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,plot]' $(TORCH)
 	touch $(VENV)/.plot
 
-test: $(STAMP)
+# tests/test_page.py loads the solve page in Debian's chromium, driven by Playwright (dev extra).
+# Installed here when missing, where apt-get can (as root or through sudo -n; about 45 s with
+# the package lists); otherwise that test skips and says how to install it.
+export CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+
+chromium:
+	@test -x $(CHROMIUM) || ! command -v apt-get >/dev/null || { \
+	  echo "installing chromium for tests/test_page.py (apt-get, about a minute)"; \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    >/dev/null 2>&1 || echo "could not install chromium; tests/test_page.py will skip"; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 # The main job on the embedded corpus: an Attractor and a Transformer, compared (about 10 minutes).
