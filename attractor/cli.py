@@ -2,9 +2,10 @@
 attractor train` for several processes).
 
     attractor models [NAME ...]
-    attractor train --preset NAME --out DIR [--data PATH|kjv] [--steps N] [--set key=value ...]
+    attractor train [--preset] NAME --out DIR [--data PATH|kjv|PUZZLE_DIR] [--steps N] [--set key=value ...]
                     [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
-    attractor eval --checkpoint DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
+    attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
+                    (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
     attractor generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--iters K]
                     [--temperature T] [--top-k K] [--seed S]
     attractor demo [--out runs/demo] [--steps N]
@@ -50,6 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from attractor.run import train
     from attractor.train import NonFiniteError
 
+    args.preset = _one_of(args.preset, args.preset_name, "preset")
     flags = [f"train.{k}={v}" for k, v in (("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every),
                                            ("eval_every", args.eval_every)) if v is not None]
     if args.preset is None:
@@ -70,17 +72,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_of(flag, positional, what: str):
+    """The value given as --flag or positionally (not both, unless they agree)."""
+    if flag is not None and positional is not None and flag != positional:
+        raise ConfigError(f"two {what}s given ({positional!r} and --{what} {flag!r}): give one")
+    return flag if flag is not None else positional
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Validation loss and perplexity of a checkpoint at each depth, with solve statistics."""
+    """Validation loss and perplexity of a checkpoint at each depth, with solve statistics; for a
+    puzzle checkpoint exact and cell accuracy on the test split, by depth, supervision steps and rating."""
     from attractor.data import prepare
     from attractor.evaluate import depth_sweep, parse_depths
     from attractor.run import load_run, validation
 
+    args.checkpoint = _one_of(args.checkpoint, args.run, "checkpoint")
+    if args.checkpoint is None:
+        raise ConfigError("name the checkpoint or run directory to evaluate: attractor eval RUN")
     try:
         depths = parse_depths(args.iters)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     model, _, run, step = load_run(args.checkpoint)
+    if run.task == "puzzles":
+        return _eval_puzzles(args, model, run, step, depths)
+    if args.puzzles is not None or args.steps is not None:
+        raise ConfigError("--puzzles and --steps are for puzzle checkpoints; a language model takes --batches")
     data = prepare(run.data, progress=False)
     if args.batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=args.batches))
@@ -102,6 +119,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from attractor.plots import plot_sweep
 
         plot_sweep({type(model).__name__: rows}, args.plot)
+    return 0
+
+
+def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[int | None]) -> int:
+    """`attractor eval` of a puzzle checkpoint: the sweeps of evaluate.puzzle_sweep on the test split."""
+    from attractor.evaluate import parse_depths, puzzle_sweep
+    from attractor.run import load_data
+    from attractor.tasks import test_batches
+
+    if args.batches is not None or args.plot:
+        raise ConfigError("--batches and --plot are for language models; a puzzle checkpoint takes --puzzles N")
+    try:
+        steps = parse_depths(args.steps or "all", word="all", flag="--steps")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    test = test_batches(load_data(run)["test"], run.train.batch_size // run.train.grad_accum,
+                        _positive(args.puzzles, "--puzzles") if args.puzzles is not None else None)
+    sweep = puzzle_sweep(model, test, depths, steps, ratings=test.ratings)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
+                          "task": "puzzles", "puzzles": test.n, "sweep": sweep["iters"], "steps_sweep": sweep["steps"]}))
+        return 0
+    print(f"{type(model).__name__} at step {step}, {test.n} test puzzles of {run.data.source}")
+    print(f"{'iters':>9} {'steps':>6} {'exact':>7} {'cell':>7} {'loss':>8} {'depth':>6} {'converged':>9}")
+    for r in sweep["iters"] + sweep["steps"]:
+        print(f"{r.get('iters', 'adaptive')!s:>9} {r.get('steps', 'all')!s:>6} {r['val_exact']:7.3f} {r['val_cell']:7.3f} "
+              f"{r['val_loss']:8.4f} {r.get('val_depth', float('nan')):6.2f} {r.get('val_converged', float('nan')):9.3f}")
+    for r in sweep["iters"]:  # the adaptive row carries these (attractor.evaluate.puzzle_sweep)
+        if "val_residuals" in r:
+            print("residuals (adaptive): " + ", ".join(f"{k}: {v}" for k, v in r["val_residuals"].items()))
+        for b in r.get("by_rating", []):
+            print(f"rating {b['rating'][0]}-{b['rating'][1]}: {b['puzzles']} puzzles, exact {b['exact']:.3f}, "
+                  f"cell {b['cell']:.3f}" + (f", depth {b['depth']:.2f}" if "depth" in b else ""))
     return 0
 
 
@@ -217,9 +267,11 @@ def parser() -> argparse.ArgumentParser:
     models.add_argument("names", nargs="*", help="presets to show (default: all)")
 
     train = sub.add_parser("train", help=cmd_train.__doc__)
-    train.add_argument("--preset", help="model preset (attractor models lists them)")
+    train.add_argument("preset_name", nargs="?", metavar="PRESET", help="model preset (attractor models lists them)")
+    train.add_argument("--preset", help="the same, as an option")
     train.add_argument("--out", required=True, help="run directory: metrics, checkpoints")
-    train.add_argument("--data", help="kjv (embedded default), a .txt/.jsonl file or folder, or hf:NAME")
+    train.add_argument("--data", help="kjv (embedded default), a .txt/.jsonl file or folder, or hf:NAME; "
+                       "for a puzzle model a dataset folder (attractor data ...)")
     train.add_argument("--steps", type=int, help="total optimiser steps of the run (the schedule's length)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any config field: model.d=64, tol=1e-4, train.lr=1e-3, data.tokenizer=bpe")
@@ -230,9 +282,12 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help=cmd_eval.__doc__)
-    ev.add_argument("--checkpoint", required=True, help="a checkpoint or a run directory (its newest)")
+    ev.add_argument("run", nargs="?", metavar="RUN", help="a checkpoint or a run directory (its newest)")
+    ev.add_argument("--checkpoint", help="the same, as an option")
     ev.add_argument("--iters", default="0,1,2,4,8,adaptive", help="depths to evaluate, comma-separated")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
+    ev.add_argument("--puzzles", type=int, help="puzzle checkpoints: the first N test puzzles (default: all)")
+    ev.add_argument("--steps", help="puzzle checkpoints: supervision steps to sweep, e.g. 1,2,4,all (default: all)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
 

@@ -2,8 +2,11 @@
 
     run = run_config("attractor-1m", ["tol=1e-4", "train.lr=1e-3", "data.tokenizer=bpe"])
 
-The preset names a model (`attractor models` lists them); data and trainer start from their
-defaults. `--set key=value` reaches any field: `model.<field>`, `data.<field>`, `train.<field>`,
+The preset names a model (`attractor models` lists them); its family names the task (TASKS):
+language models read text (attractor.data.DataConfig), the puzzle families a puzzle dataset
+folder (attractor.tasks.PuzzleDataConfig), and each task brings its trainer defaults (puzzles:
+TRM's). A puzzle model's seq_len and vocab_size follow the dataset's unless set explicitly, and
+an explicit setting the dataset contradicts is a ConfigError. `--set key=value` reaches any field: `model.<field>`, `data.<field>`, `train.<field>`,
 dotted paths below them (`model.solve.solver.m=3`), or a bare field name when exactly one part
 of the config has it (`tol`, `lr`, `steps`, `vocab_size`...). Values are JSON when they parse
 (`64`, `1e-4`, `true`, `null`, `{"name": "anderson", "m": 3}`), else text (`picard`). Every
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from attractor import schema
 from attractor.data import DataConfig
@@ -21,35 +25,77 @@ from attractor.errors import ConfigError, check_name
 from attractor.models import config as model_config
 from attractor.models import config_from_dict, config_to_dict
 from attractor.models.registry import key_path
+from attractor.tasks import PuzzleDataConfig
 from attractor.train import TrainConfig
 
 SECTIONS = ("model", "data", "train")
 
 
 @dataclass(frozen=True)
+class Task:
+    """What a model family trains on: its data config and the trainer's defaults for it."""
+
+    data: type  # the data config class
+    train: TrainConfig  # the trainer's defaults; --set overrides them field by field
+
+
+TASKS: dict[str, Task] = {
+    "text": Task(DataConfig, TrainConfig()),
+    # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW lr 1e-4, betas (0.9, 0.95), weight
+    # decay 1.0, EMA 0.999, a linear warmup and then a constant rate (no cooldown). TRM warms up
+    # over 2000 of its ~130k steps; 100 suits CPU runs of a few thousand (the 27M recipe in
+    # docs/training.md sets 2000).
+    "puzzles": Task(PuzzleDataConfig, TrainConfig(lr=1e-4, weight_decay=1.0, betas=(0.9, 0.95), ema=0.999,
+                                                  warmup=100, cooldown=0.0)),
+}
+TASK_OF_FAMILY = {"puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles"}  # else text
+
+
+def task_of(model) -> str:
+    """The task name ('text' or 'puzzles') of a model config, from its family."""
+    return TASK_OF_FAMILY.get(config_to_dict(model)["family"], "text")
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    model: object  # a model config of any family (AttractorLMConfig, TransformerConfig, ...)
-    data: DataConfig
+    model: object  # a model config of any family (AttractorLMConfig, TransformerConfig, TRMConfig, ...)
+    data: DataConfig | PuzzleDataConfig  # the task's data config (TASKS[task_of(model)].data)
     train: TrainConfig
 
     def __post_init__(self) -> None:
-        schema.require(self.model.vocab_size == self.data.vocab_size,
-                       f"model.vocab_size={self.model.vocab_size} must equal data.vocab_size={self.data.vocab_size} "
-                       "(the tokenizer's); set data.vocab_size and the model follows")
+        task = task_of(self.model)
+        schema.require(type(self.data) is TASKS[task].data,
+                       f"a {config_to_dict(self.model)['family']} model trains on {TASKS[task].data.__name__}, "
+                       f"not {type(self.data).__name__}")
+        if task == "text":
+            schema.require(self.model.vocab_size == self.data.vocab_size,
+                           f"model.vocab_size={self.model.vocab_size} must equal data.vocab_size={self.data.vocab_size} "
+                           "(the tokenizer's); set data.vocab_size and the model follows")
+
+    @property
+    def task(self) -> str:
+        return task_of(self.model)
 
     def to_dict(self) -> dict:
-        """JSON-safe data with the model's family tag; `from_dict` rebuilds it exactly."""
-        return {"model": config_to_dict(self.model), "data": schema.to_dict(self.data),
+        """JSON-safe data with the model's family tag and the data's task tag; `from_dict`
+        rebuilds it exactly."""
+        return {"model": config_to_dict(self.model), "data": {"task": self.task, **schema.to_dict(self.data)},
                 "train": schema.to_dict(self.train)}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
+        """The config `to_dict` wrote (configs saved before the data's task tag read as text)."""
         if not isinstance(data, dict):
             raise ConfigError("a run config must be a mapping with model, data and train")
         for key in data:
             check_name(key, SECTIONS, "run config section")
-        return cls(config_from_dict(data.get("model", {})), schema.from_dict(DataConfig, data.get("data", {})),
-                   schema.from_dict(TrainConfig, data.get("train", {})))
+        model = config_from_dict(data.get("model", {}))
+        fields = dict(data.get("data", {}))
+        task = fields.pop("task", "text")
+        check_name(task, TASKS, "data task")
+        if task != task_of(model):
+            raise ConfigError(f"a {task} data config does not fit a {config_to_dict(model)['family']} model")
+        return cls(model, schema.from_dict(TASKS[task].data, fields), schema.from_dict(TrainConfig, data.get("train", {})))
 
 
 def split_setting(text: str) -> tuple[str, str]:
@@ -125,10 +171,31 @@ def run_config(preset: str, settings: list[str] = (), *, data: str | None = None
                steps: int | None = None) -> RunConfig:
     """The run for a model preset, with `--data`, `--steps` and `--set` applied (in that order).
 
-    The default tokenizer follows the preset's vocabulary: bytes for 256, BPE of that size else.
+    Data and trainer start from the task's defaults (TASKS). Text: the default tokenizer follows
+    the preset's vocabulary, bytes for 256, BPE of that size else. Puzzles: the model's seq_len
+    and vocab_size are set from the dataset before `--set`, which may not contradict it.
     """
     model = model_config(preset)
-    tokenizer = "bytes" if model.vocab_size == 256 else "bpe"
-    base = RunConfig(model, DataConfig(tokenizer=tokenizer, vocab_size=model.vocab_size), TrainConfig())
+    task = task_of(model)
+    if task == "text":
+        tokenizer = "bytes" if model.vocab_size == 256 else "bpe"
+        base = RunConfig(model, DataConfig(tokenizer=tokenizer, vocab_size=model.vocab_size), TASKS[task].train)
+    else:
+        base = RunConfig(model, TASKS[task].data(), TASKS[task].train)
     extra = ([f"data.source={data}"] if data is not None else []) + ([f"train.steps={steps}"] if steps is not None else [])
-    return apply_settings(base, [*extra, *settings])
+    run = apply_settings(base, [*extra, *settings])
+    if task != "puzzles" or run.data.source is None:
+        return run
+    meta = run.data.load()["meta"]
+    shape = [f"model.{key}={meta[key]}" for key in ("seq_len", "vocab_size")]
+    run = apply_settings(base, [*extra, *shape, *settings])
+    check_dataset(run, meta)
+    return run
+
+
+def check_dataset(run: RunConfig, meta: dict) -> None:
+    """ConfigError unless the model takes the puzzle dataset's sequences and tokens."""
+    for key in ("seq_len", "vocab_size"):
+        if getattr(run.model, key) != meta[key]:
+            raise ConfigError(f"model.{key}={getattr(run.model, key)} does not fit the dataset {Path(run.data.source)} "
+                              f"({key} {meta[key]}, {meta['kind']}); drop the setting: the model follows the dataset")

@@ -2,13 +2,20 @@
 
     RUN/metrics.jsonl    one JSON object per logged step (step, loss, tokens, lr, tokens_per_s,
                          grad_norm; depth, n_evals and converged for recurrent models)
-    RUN/eval.jsonl       one per evaluation (step, val_loss, val_ppl, solve statistics)
+    RUN/eval.jsonl       one per evaluation (step, val_loss, val_ppl or, for puzzles, val_exact
+                         and val_cell; solve statistics)
     RUN/ckpt-<step>/     checkpoints (attractor/io.py), RUN/latest names the newest
 
 Starting into a directory that already holds a run is refused (nothing is overwritten); `resume`
 continues from the newest checkpoint that verifies, with the saved configuration, to the same
 end, and first cuts the logs back to that checkpoint's step, so a killed and resumed run leaves
 the same logs as an uninterrupted one.
+
+Puzzle runs (the puzzle families, see attractor/config.py TASKS) train on a dataset folder in
+TRM's order (attractor/tasks/puzzles.py), evaluate exact and cell accuracy on the first batches
+of its test split, and save the dataset's description (dataset.json: kind, token ids, box or
+size) in the checkpoint where a language model saves its tokenizer, so that a checkpoint loads
+without its dataset: `load_run` returns that dict in the tokenizer's place.
 """
 
 from __future__ import annotations
@@ -21,19 +28,28 @@ import torch.distributed as dist
 from torch import nn
 
 from attractor import io
-from attractor.config import RunConfig
+from attractor.config import RunConfig, check_dataset
 from attractor.data import TokenBatches, Tokenizer, prepare, tokenizer_from_json, val_batches
 from attractor.errors import ConfigError
+from attractor.evaluate import evaluate, evaluate_puzzles
 from attractor.models import from_config
+from attractor.tasks import PuzzleBatches, test_batches
 from attractor.train import Callbacks, Trainer, distributed, write_jsonl
 
 
-def tokenizer_text(tokenizer: Tokenizer) -> str:
-    return json.dumps(tokenizer.to_json())
+def tokenizer_text(vocab: Tokenizer | dict) -> str:
+    """What a checkpoint's tokenizer.json holds: the tokenizer, or a puzzle dataset's description."""
+    return json.dumps({"puzzles": vocab} if isinstance(vocab, dict) else vocab.to_json())
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer, RunConfig, int]:
-    """(model in eval mode, tokenizer, run config, step) of a checkpoint or run directory."""
+def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer | dict, RunConfig, int]:
+    """(model in eval mode, tokenizer, run config, step) of a checkpoint or run directory.
+
+    For a puzzle run the second item is the dataset's description (its dataset.json as a dict:
+    "kind" 'sudoku' or 'maze', "seq_len", "vocab_size", "tokens", "box" or "size", "recipe",
+    "splits") instead of a tokenizer. The weights are the ones the run serves (the average of
+    the weights when train.ema is set).
+    """
     ckpt = io.load_checkpoint(path, with_state=False)
     run = RunConfig.from_dict(ckpt.config)
     with torch.device("meta"):
@@ -45,14 +61,34 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[n
     for name, buffer in model.named_buffers():
         if buffer.is_meta:
             raise io.CheckpointError(f"{ckpt.path}: buffer {name} missing from the weights")
-    return model.to(device).eval(), tokenizer_from_json(ckpt.tokenizer_json, where=str(ckpt.path)), run, ckpt.step
+    if run.task == "puzzles":
+        try:
+            vocab = json.loads(ckpt.tokenizer_json)["puzzles"]
+        except (ValueError, KeyError, TypeError):
+            raise io.CheckpointError(f"{ckpt.path}: tokenizer.json does not describe a puzzle dataset") from None
+    else:
+        vocab = tokenizer_from_json(ckpt.tokenizer_json, where=str(ckpt.path))
+    return model.to(device).eval(), vocab, run, ckpt.step
 
 
-def validation(run: RunConfig, data) -> list:
-    """The fixed validation batches of a run: micro-batch rows, the model's context, eval_batches
-    of them. Training, `attractor eval` and the demo all evaluate on exactly these."""
+def validation(run: RunConfig, data):
+    """The fixed validation batches of a run: micro-batch rows, eval_batches of them (for text,
+    windows of the model's context from the validation split; for puzzles, the first puzzles of
+    the test split in order). Training, `attractor eval` and the demo all evaluate on these."""
     micro_batch = run.train.batch_size // run.train.grad_accum
+    if run.task == "puzzles":
+        return test_batches(data["test"], micro_batch, max_puzzles=run.train.eval_batches * micro_batch)
     return val_batches(data.val, micro_batch, run.model.seq_len, max_batches=run.train.eval_batches)
+
+
+def load_data(run: RunConfig, rank: int = 0, world: int = 1):
+    """The run's data, checked against its model: PreparedData for text (rank 0 tokenises, the
+    others wait and read its cache), the loaded dataset ({"meta", "train", "test"}) for puzzles."""
+    if run.task == "puzzles":
+        data = run.data.load()
+        check_dataset(run, data["meta"])
+        return data
+    return _data(run, rank, world)
 
 
 def _data(run: RunConfig, rank: int, world: int):
@@ -85,12 +121,17 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
     torch.manual_seed(run.train.seed)
     model = from_config(run.model)  # initialised from the seed, then overwritten on resume
-    seq_len = run.model.seq_len
-    data = _data(run, rank, world)
+    data = load_data(run, rank, world)
     micro_batch = run.train.batch_size // run.train.grad_accum
     if micro_batch % world:
         raise ConfigError(f"batch_size / grad_accum = {micro_batch} must be divisible by the {world} processes")
-    batches = TokenBatches(data.train, micro_batch, seq_len, seed=run.train.seed, rank=rank, world_size=world)
+    if run.task == "puzzles":
+        batches = PuzzleBatches(data["train"], micro_batch, seed=run.train.seed, rank=rank, world_size=world)
+        vocab, evaluator = data["meta"], evaluate_puzzles
+    else:
+        batches = TokenBatches(data.train, micro_batch, run.model.seq_len, seed=run.train.seed, rank=rank,
+                               world_size=world)
+        vocab, evaluator = data.tokenizer, evaluate
     val = validation(run, data)
     metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
     bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
@@ -104,10 +145,10 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     callbacks = Callbacks(
         log=lambda r: log_record(r, metrics),
         evaluate=lambda r: (log_record(r, evals), bar.write(_eval_line(r)) if bar.bar else log(_eval_line(r))),
-        checkpoint=lambda step: save(trainer, run, data.tokenizer, out),
+        checkpoint=lambda step: save(trainer, run, vocab, out),
         progress=lambda r: bar.update(r),
     )
-    trainer = Trainer(model, batches, val, run.train, callbacks)
+    trainer = Trainer(model, batches, val, run.train, callbacks, evaluate=evaluator)
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         trainer.load_state_dict(ckpt.state)
@@ -129,9 +170,11 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     return trainer
 
 
-def save(trainer: Trainer, run: RunConfig, tokenizer: Tokenizer, out: Path) -> Path:
+def save(trainer: Trainer, run: RunConfig, vocab: Tokenizer | dict, out: Path) -> Path:
+    """Checkpoint the trainer: the served weights, the run config, the tokenizer (or the puzzle
+    dataset's description) and the resume state."""
     return io.save_checkpoint(out, trainer.step, model_state=trainer.inference_state_dict(), config=run.to_dict(),
-                              tokenizer_json=tokenizer_text(tokenizer), state=trainer.state_dict())
+                              tokenizer_json=tokenizer_text(vocab), state=trainer.state_dict())
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -158,6 +201,8 @@ def _differences(a: dict, b: dict, prefix: str = "") -> str:
 
 def _eval_line(r: dict) -> str:
     extra = f", depth {r['val_depth']:.1f}" if "val_depth" in r else ""
+    if "val_exact" in r:
+        return f"step {r['step']}: val loss {r['val_loss']:.4f}, exact {r['val_exact']:.3f}, cell {r['val_cell']:.3f}{extra}"
     return f"step {r['step']}: val loss {r['val_loss']:.4f}, ppl {r['val_ppl']:.2f}{extra}"
 
 

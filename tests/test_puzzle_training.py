@@ -1,0 +1,112 @@
+"""Puzzle runs through the one trainer: the CLI end to end (train, eval, exit codes), the model
+following the dataset, checkpoints that serve the averaged weights and the dataset's description,
+an exact resume of a recursive model (its carry in the state_dict), and two processes = one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import losses
+
+from attractor.cli import main
+from attractor.config import run_config
+from attractor.data.puzzles import build_sudoku
+from attractor.run import load_run, train
+from attractor.train import Trainer
+
+TINY = {  # about 10k parameters: a few steps take a second
+    "puzzle-transformer-cpu": ["model.n_layer=2"],
+}
+COMMON = ["model.d=32", "model.n_head=2", "train.batch_size=4", "train.log_every=1", "train.warmup=2",
+          "train.eval_every=3", "train.eval_batches=2", "train.checkpoint_every=3", "train.lr=3e-3", "train.ema=0.5"]
+
+
+def sets(preset: str, *extra: str) -> list[str]:
+    return [a for s in [*COMMON, *TINY[preset], *extra] for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def sudoku4(tmp_path_factory):
+    """A 4x4 Sudoku dataset: 12 puzzles x (1 + 3 augmentations) to train on, 6 to test."""
+    return build_sudoku(tmp_path_factory.mktemp("data") / "sudoku4", n_train=12, n_test=6, n_aug=3, seed=0, box=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sudoku4):
+    out = tmp_path_factory.mktemp("run") / "pt"
+    assert main(["train", "puzzle-transformer-cpu", "--data", str(sudoku4), "--out", str(out), "--steps", "6",
+                 "--quiet", *sets("puzzle-transformer-cpu")]) == 0
+    return out
+
+
+def one_line_error(capsys, argv: list[str], match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("attractor: error:") and match in err, err
+
+
+def test_the_model_follows_the_dataset_and_gets_the_puzzle_defaults(sudoku4):
+    run = run_config("puzzle-transformer-cpu", data=str(sudoku4))
+    assert (run.model.seq_len, run.model.vocab_size) == (16, 6)  # 4x4 Sudoku: 16 cells, pad + blank + 4 digits
+    assert (run.train.lr, run.train.weight_decay, run.train.ema, run.train.cooldown) == (1e-4, 1.0, 0.999, 0.0)
+    assert run_config("puzzle-transformer-cpu", ["lr=1e-3"], data=str(sudoku4)).train.lr == 1e-3
+    assert run_config("transformer-1m").train.ema is None  # the language models keep theirs
+    assert type(run).from_dict(json.loads(json.dumps(run.to_dict()))) == run
+
+
+def test_training_logs_exact_and_cell_accuracy_and_the_checkpoint_serves_the_average(trained, sudoku4):
+    evals = [json.loads(line) for line in (trained / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [3, 6]
+    assert all(0 <= e["val_exact"] <= 1 and 0 <= e["val_cell"] <= 1 and e["val_puzzles"] == 6 for e in evals)
+    assert len(losses(trained)) == 6
+    model, meta, run, step = load_run(trained)
+    assert step == 6 and meta["kind"] == "sudoku" and meta["box"] == [2, 2] and meta["vocab_size"] == 6
+    state = torch.load(sorted(trained.glob("ckpt-*"))[-1] / "state.pt", weights_only=True)
+    served, raw = model.state_dict(), state["ema"]["raw"]
+    for name, average in state["ema"]["shadow"].items():
+        assert torch.equal(served[name], average), name
+    assert any(not torch.equal(served[n], raw[n]) for n in raw)  # raw weights are kept apart for the resume
+
+
+def test_eval_serves_puzzle_checkpoints(capsys, trained):
+    assert main(["eval", str(trained), "--json", "--puzzles", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"] == "puzzles" and out["puzzles"] == 4 and out["step"] == 6
+    (row,) = out["sweep"]  # the transformer has no depth to sweep
+    assert 0 <= row["val_exact"] <= row["val_cell"] <= 1  # an exact puzzle has every cell right
+    assert sum(b["puzzles"] for b in row["by_rating"]) == 4
+    # the same numbers by hand from the served model
+    model, _, run, _ = load_run(trained)
+    from attractor.data.puzzles import load_puzzles
+    from attractor.tasks import cell_metrics, test_batches
+
+    (inputs, labels), = test_batches(load_puzzles(run.data.source)["test"], 4, max_puzzles=4)
+    exact, cell = cell_metrics(model(inputs).logits, labels)
+    assert row["val_exact"] == pytest.approx(exact.float().mean().item())
+    assert row["val_cell"] == pytest.approx(cell.mean().item())
+    assert main(["eval", "--checkpoint", str(trained)]) == 0
+    assert "test puzzles" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--data", "/no/such/dataset"], "/no/such/dataset"),
+    ([], "needs a dataset"),
+    (["--set", "model.seq_len=81"], "model.seq_len=81 does not fit"),
+    (["--set", "vocab_size=11"], "model.vocab_size=11 does not fit"),
+])
+def test_bad_puzzle_data_is_one_line_and_exit_2(capsys, tmp_path, sudoku4, extra, match):
+    data = [] if extra[:1] == ["--data"] or extra == [] else ["--data", str(sudoku4)]
+    one_line_error(capsys, ["train", "puzzle-transformer-cpu", "--out", str(tmp_path / "r"), *data, *extra], match)
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_flags_of_the_other_task_are_refused(capsys, trained):
+    one_line_error(capsys, ["eval", str(trained), "--batches", "2"], "--puzzles")
+    one_line_error(capsys, ["eval", str(trained), "--steps", "x"], "--steps")
+    one_line_error(capsys, ["eval", str(trained), "--checkpoint", "/elsewhere"], "two checkpoints")
+    one_line_error(capsys, ["eval"], "name the checkpoint")
