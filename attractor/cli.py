@@ -13,6 +13,7 @@ attractor train` for several processes).
     attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
     attractor data sudoku|maze --out DIR [--train N] [--test N] ...   (offline, from our generators)
     attractor data sudoku-extreme|maze-hard --out DIR [--csv-dir DIR]  (the official sets, from the hub)
+    attractor solve sudoku PUZZLE|maze FILE --checkpoint DIR [--trace] [--html FILE]
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
@@ -255,8 +256,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_solve(args: argparse.Namespace) -> int:
+    """Solve a Sudoku or a maze with a puzzle checkpoint: the answer, its check, the iterations
+    (exit 0 when solved, 1 when not)."""
+    from attractor.solve import solve_command
+
+    return solve_command(args.kind, args.puzzle, args.checkpoint, trace=args.trace, html=args.html)
+
+
 COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
-            "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data}
+            "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data, "solve": cmd_solve}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -349,6 +358,14 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--min-path", type=int, help="least moves from S to G (default 111 at 30x30, scaled by area)")
         sp.add_argument("--loops", type=float, default=0.0, help="fraction of inner walls removed to make cycles")
     gen_m.add_argument("--seed", type=int, default=0)
+
+    sv = sub.add_parser("solve", help=cmd_solve.__doc__.splitlines()[0])
+    sv.add_argument("kind", choices=["sudoku", "maze"])
+    sv.add_argument("puzzle", help="sudoku: the puzzle (digits, '.' or '0' for blanks) or a file holding it; "
+                    "maze: a file of rows of '# SG' (- reads stdin)")
+    sv.add_argument("--checkpoint", required=True, help="a puzzle checkpoint or run directory (its newest)")
+    sv.add_argument("--trace", action="store_true", help="print the grid after every iteration")
+    sv.add_argument("--html", metavar="FILE", help="write a page that steps through the iterations")
     return p
 
 

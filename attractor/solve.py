@@ -185,6 +185,11 @@ def read_text(source: str) -> str:
 # ---------------------------------------------------------------- checking an answer
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 cell', '3 cells'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     ok: bool       # whether the answer solves the puzzle
@@ -201,7 +206,7 @@ def check(puzzle: Puzzle, answer: str) -> Verdict:
 def _check_sudoku(puzzle: Puzzle, answer: str) -> Verdict:
     blank = answer.find(SUDOKU_BLANK)
     if blank >= 0:
-        return Verdict(False, f"incomplete: cells without a digit {answer.count(SUDOKU_BLANK)}, "
+        return Verdict(False, f"incomplete: {plural(answer.count(SUDOKU_BLANK), 'cell')} without a digit, "
                               f"the first at {puzzle.where(blank)}")
     try:
         sudoku.parse(answer, puzzle.box)
@@ -210,7 +215,7 @@ def _check_sudoku(puzzle: Puzzle, answer: str) -> Verdict:
     changed = [i for i, (p, a) in enumerate(zip(puzzle.cells, answer)) if p != SUDOKU_BLANK and p != a]
     if changed:
         i = changed[0]
-        return Verdict(False, f"changes clues ({len(changed)}): the {puzzle.cells[i]} at {puzzle.where(i)} "
+        return Verdict(False, f"changes {plural(len(changed), 'clue')}: the {puzzle.cells[i]} at {puzzle.where(i)} "
                               f"became {answer[i]}")
     return Verdict(True, "satisfies the rules and keeps every clue")
 
@@ -232,7 +237,7 @@ def _check_maze(puzzle: Puzzle, answer: str) -> Verdict:
         end = max(reached, key=lambda i: dist[i])
         return Verdict(False, f"path broken at {puzzle.where(end)}, {dist[end]} moves from S; it does not reach G")
     stray = len(path) - sum(1 for i in path if dist[i] >= 0)
-    extra = f"; path cells off the way: {stray}" if stray else ""
+    extra = f"; {plural(stray, 'path cell')} off the way" if stray else ""
     length = dist[goal]
     best = "a shortest path" if length == shortest else f"longer than the shortest, {shortest} moves"
     return Verdict(stray == 0, f"connects S to G in {length} moves, {best}{extra}")
@@ -325,6 +330,52 @@ def trace_text(solution: Solution) -> str:
     parts = []
     for k, frame in enumerate(solution.frames):
         residual = "" if frame.residual is None else f", residual {frame.residual:.2e}"
-        parts.append(f"[{k + 1}/{len(solution.frames)}] {frame.label}{residual}, {len(frame.changed)} cells changed\n"
+        parts.append(f"[{k + 1}/{len(solution.frames)}] {frame.label}{residual}, {plural(len(frame.changed), 'cell')} changed\n"
                      f"{solution.puzzle.show(frame.cells)}\n")
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def load_solver(checkpoint: str | Path) -> tuple[nn.Module, dict, str]:
+    """(puzzle model in eval mode, its dataset's description, 'TRM at step 300') of a checkpoint or
+    run directory; ConfigError (one line) when it holds a language model."""
+    from attractor.run import load_run
+
+    model, vocab, run, step = load_run(checkpoint)
+    name = f"{type(model).__name__} at step {step}"
+    if run.task != "puzzles":
+        raise ConfigError(f"{checkpoint} holds a language model ({name}), not a puzzle model")
+    return model, vocab, name
+
+
+def solve_command(kind: str, source: str, checkpoint: str | Path, *, trace: bool = False,
+                  html: str | Path | None = None, out=None) -> int:
+    """`attractor solve sudoku|maze`: read the puzzle (`source`: a Sudoku string, or a file, '-'
+    for stdin), solve it with the checkpoint's model, print the answer, its check and the
+    iterations (with `trace`, every frame first), and with `html` write the page there.
+    Returns 0 when the answer solves the puzzle, 1 when it does not; bad input is a ConfigError."""
+    import sys
+
+    out = sys.stdout if out is None else out
+    model, meta, name = load_solver(checkpoint)
+    if meta["kind"] != kind:
+        raise ConfigError(f"{checkpoint} holds a model of {meta['kind']}s ({name}); it cannot solve a {kind}")
+    if kind == "sudoku":
+        text = read_text(source) if source == "-" or Path(source).is_file() else source
+        puzzle = read_sudoku(text, tuple(meta["box"]))
+    else:
+        puzzle = read_maze(read_text(source), meta["size"])
+    solution = solve(model, puzzle, trace=trace or html is not None)
+    if trace:
+        out.write(trace_text(solution) + "\n")
+    out.write(f"{name} on a {puzzle.describe()}\n{puzzle.show(solution.answer)}\n"
+              f"{'solved' if solution.verdict.ok else 'not solved'}: {solution.verdict.message}\n"
+              f"{iterations_line(solution)}\n")
+    if html is not None:
+        from attractor.page import write_page
+
+        write_page(html, solution, title=f"{name} on a {puzzle.describe()}")
+        out.write(f"wrote {html} ({plural(len(solution.frames), 'frame')})\n")
+    return 0 if solution.verdict.ok else 1

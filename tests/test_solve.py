@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from conftest import tiny_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attractor.cli import main
 from attractor.data import maze, sudoku
 from attractor.data.puzzles import sudoku_tokens
 from attractor.errors import ConfigError
+from attractor.run import load_run
 from attractor.solve import check, read_maze, read_sudoku
 
 HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
@@ -69,7 +73,7 @@ def test_sudoku_answers_are_checked_for_rules_clues_and_blanks():
     puzzle = read_sudoku(HARD)
     assert check(puzzle, solution).ok
     verdict = check(puzzle, "." + solution[1:])
-    assert not verdict.ok and "incomplete" in verdict.message and "row 1, column 1" in verdict.message
+    assert not verdict.ok and verdict.message == "incomplete: 1 cell without a digit, the first at row 1, column 1"
     swapped = solution[1] + solution[0] + solution[2:]                  # row still fine, columns not
     verdict = check(puzzle, swapped)
     assert not verdict.ok and "breaks the rules: two" in verdict.message and "column" in verdict.message
@@ -77,7 +81,7 @@ def test_sudoku_answers_are_checked_for_rules_clues_and_blanks():
     a, b = solution[1], solution[2]
     other = solution.translate(str.maketrans(a + b, b + a))
     verdict = check(puzzle, other)
-    assert not verdict.ok and "changes clues" in verdict.message, verdict.message
+    assert not verdict.ok and "changes " in verdict.message and " clues: the " in verdict.message, verdict.message
 
 
 # ---------------------------------------------------------------- reading and checking mazes
@@ -125,7 +129,7 @@ def test_maze_answers_are_checked_for_a_connected_path():
     verdict = check(puzzle, drawn(short[1:]))
     assert not verdict.ok and verdict.message.startswith("path broken at S"), verdict.message
     verdict = check(puzzle, drawn(short + [(1, 5)]))
-    assert not verdict.ok and "path cells off the way: 1" in verdict.message
+    assert not verdict.ok and "1 path cell off the way" in verdict.message
     verdict = check(puzzle, drawn(short + [(0, 3)]))
     assert not verdict.ok and "changes the maze at row 1, column 4 ('#' became 'o')" in verdict.message
 
@@ -153,3 +157,98 @@ def test_tokens_match_the_dataset_builders():
     puzzle = read_sudoku(HARD)
     assert np.array_equal(puzzle.tokens(), sudoku_tokens([HARD])[0])
     assert puzzle.tokens().dtype == np.int64
+
+
+# ---------------------------------------------------------------- the command, on real checkpoints
+
+TINY = ["model.d=32", "model.n_head=2", "train.batch_size=4", "train.eval_batches=1", "train.warmup=1"]
+
+
+def sets(settings: list[str]) -> list[str]:
+    return [a for s in settings for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, corpus):
+    """Briefly trained checkpoints: a 6x6 Sudoku model, a 7x7 maze model and a language model."""
+    root = tmp_path_factory.mktemp("solve")
+    assert main(["data", "sudoku", "--out", str(root / "sudoku6"), "--train", "4", "--test", "2", "--aug", "1",
+                 "--box", "2x3"]) == 0
+    assert main(["data", "maze", "--out", str(root / "maze7"), "--train", "4", "--test", "2", "--size", "7",
+                 "--no-aug"]) == 0
+    for name, data in (("sudoku6", "sudoku6"), ("maze7", "maze7")):
+        assert main(["train", "puzzle-transformer-cpu", "--out", str(root / f"run-{name}"), "--data", str(root / data),
+                     "--steps", "2", "--quiet", *sets(TINY)]) == 0
+    assert main(["train", "--preset", "transformer-1m", "--out", str(root / "run-lm"), "--data", str(corpus),
+                 "--steps", "1", "--quiet", *sets(tiny_settings("transformer-1m", root / "cache"))]) == 0
+    return {"sudoku": root / "run-sudoku6", "maze": root / "run-maze7", "lm": root / "run-lm"}
+
+
+def expected_answer(run, puzzle) -> str:
+    """The model's own argmax, decoded here without attractor.solve: Sudoku token t is digit t-1."""
+    model = load_run(run)[0]
+    with torch.no_grad():
+        ids = model(torch.from_numpy(puzzle.tokens())[None]).logits[0].argmax(-1).tolist()
+    if puzzle.kind == "sudoku":
+        return "".join(str(t - 1) if 2 <= t <= puzzle.side + 1 else "." for t in ids)
+    return "".join((" " + maze.CHARSET)[t] for t in ids)
+
+
+def test_solve_sudoku_prints_the_models_answer_its_check_and_trace(runs, capsys, tmp_path):
+    made, _, _ = sudoku.generate(1, rng=4, box=(2, 3))[0]
+    code = main(["solve", "sudoku", made, "--checkpoint", str(runs["sudoku"]), "--trace",
+                 "--html", str(tmp_path / "page.html")])
+    out = capsys.readouterr().out
+    puzzle = read_sudoku(made, (2, 3))
+    answer = expected_answer(runs["sudoku"], puzzle)
+    verdict = check(puzzle, answer)
+    assert code == (0 if verdict.ok else 1)
+    tail = (f"PuzzleTransformer at step 2 on a 6x6 Sudoku, {made.count('.')} blanks\n{puzzle.show(answer)}\n"
+            f"{'solved' if verdict.ok else 'not solved'}: {verdict.message}\n"
+            "iterations: none (one pass of a model without depth)\n"
+            f"wrote {tmp_path / 'page.html'} (1 frame)\n")
+    assert out.endswith(tail)
+    assert out.startswith("[1/1] single pass, ") and f"\n{puzzle.show(answer)}\n" in out[:-len(tail)]
+    assert answer in (tmp_path / "page.html").read_text()                  # the page embeds the answer
+    # The same puzzle from a file, as `attractor sudoku generate --out` writes it, and from stdin.
+    (tmp_path / "p.txt").write_text(f"{made}\t3\n")
+    assert main(["solve", "sudoku", str(tmp_path / "p.txt"), "--checkpoint", str(runs["sudoku"])]) == code
+    assert capsys.readouterr().out == tail.rsplit("wrote", 1)[0]
+
+
+def test_solve_maze_reads_a_generated_file_and_draws_the_path(runs, capsys, tmp_path):
+    assert main(["maze", "generate", "--count", "1", "--size", "7", "--seed", "2", "--out", str(tmp_path / "m.txt")]) == 0
+    code = main(["solve", "maze", str(tmp_path / "m.txt"), "--checkpoint", str(runs["maze"])])
+    out = capsys.readouterr().out
+    puzzle = read_maze((tmp_path / "m.txt").read_text())
+    answer = expected_answer(runs["maze"], puzzle)
+    verdict = check(puzzle, answer)
+    assert code == (0 if verdict.ok else 1)
+    assert out == (f"PuzzleTransformer at step 2 on a 7x7 maze\n{puzzle.show(answer)}\n"
+                   f"{'solved' if verdict.ok else 'not solved'}: {verdict.message}\n"
+                   "iterations: none (one pass of a model without depth)\n")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["sudoku", "1" * 35, "@sudoku"], "Sudoku has 35 cells, expected 36 (6x6)"),
+    (["sudoku", HARD, "@sudoku"], "Sudoku has 81 cells (9x9), expected 36 (6x6)"),
+    (["sudoku", "..7" + "." * 33, "@sudoku"], "bad character '7' at row 1, column 3 (digits 1-6"),
+    (["sudoku", "1.....1" + "." * 29, "@sudoku"], "two 1s in column 1"),
+    (["sudoku", "." * 36, "/no/such/run"], "no such"),
+    (["sudoku", "." * 36, "@lm"], "holds a language model (TransformerLM at step 1), not a puzzle model"),
+    (["sudoku", "." * 36, "@maze"], "holds a model of mazes (PuzzleTransformer at step 2); it cannot solve a sudoku"),
+    (["maze", "@file", "@sudoku"], "holds a model of sudokus"),
+    (["maze", "/no/such/maze.txt", "@maze"], "cannot read '/no/such/maze.txt'"),
+    (["maze", "@file", "@maze"], "maze is 9x9, this model solves 7x7 mazes"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, capsys, tmp_path, monkeypatch, argv, match):
+    kind, puzzle, checkpoint = argv
+    (tmp_path / "m.txt").write_text(maze.show(maze.generate(1, size=9, rng=0)[0].question, 9))
+    puzzle = str(tmp_path / "m.txt") if puzzle == "@file" else puzzle
+    checkpoint = str(runs[checkpoint[1:]]) if checkpoint.startswith("@") else checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert main(["solve", kind, puzzle, "--checkpoint", checkpoint, "--trace", "--html", "page.html"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and err.startswith("attractor: error:") and match in err, err
+    assert captured.out == "" and not (tmp_path / "page.html").exists()
