@@ -27,7 +27,7 @@ from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class AttractorLMConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult and solve
+class AttractorLMConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult, solve, jac_penalty
     vocab_size: int = 256  # byte-level by default
     seq_len: int = 256  # longest sequence the model accepts
     d: int = 128  # width
@@ -76,6 +76,7 @@ class AttractorLM(TiedLM):
         c = self.propose(idx)  # (B, T, D)
         y, report = self.attractor(c, c, iters)  # injection c, start y0 = c
         logits, loss = self.decode(y, targets)
+        loss = self.attractor.regularise(loss, c, y)  # + the Jacobian penalty, if configured
         return ModelOutput(logits, loss, **report._asdict())
 
     def param_groups(self) -> list[ParamGroup]:

@@ -32,7 +32,7 @@ from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class DEQConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult and solve
+class DEQConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult, solve, jac_penalty
     vocab_size: int = 256  # byte-level by default
     seq_len: int = 256  # longest sequence the model accepts
     d: int = 128  # width
@@ -83,6 +83,7 @@ class DEQLM(TiedLM):
         x = self.inject(idx)  # (B, T, D)
         z, report = self.deq(x, torch.zeros_like(x), iters)  # the ablation's zero start
         logits, loss = self.decode(z, targets)
+        loss = self.deq.regularise(loss, x, z)  # + the Jacobian penalty, if configured
         return ModelOutput(logits, loss, **report._asdict())
 
     def param_groups(self) -> list[ParamGroup]:

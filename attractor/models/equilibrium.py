@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attractor.fixedpoint import (
     Anderson,
@@ -33,6 +34,7 @@ from attractor.fixedpoint import (
     fixed_point,
     grad_from_dict,
     grad_to_dict,
+    jacobian_penalty,
     solver_from_dict,
     solver_to_dict,
 )
@@ -79,12 +81,16 @@ class EquilibriumConfig:
     gamma_max: float = 1.0  # gates live in (0, gamma_max)
     lr_mult: float = 0.5  # learning-rate multiplier of H's parameters (SPEC 2.1: 0.4 to 0.5)
     solve: SolveConfig = field(default_factory=SolveConfig)
+    # Weight of the Jacobian penalty ||J||_F^2 / dim of the map at y* (one Hutchinson probe, Bai
+    # et al. 2021) added to the training loss: pushes f towards contraction. 0: off (the paper).
+    jac_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
         require(0.0 < self.gate_init < self.gamma_max <= 1.0,
                 f"need 0 < gate_init ({self.gate_init}) < gamma_max ({self.gamma_max}) <= 1")
         require(self.lr_mult > 0, f"lr_mult={self.lr_mult} must be > 0")
+        require(self.jac_penalty >= 0, f"jac_penalty={self.jac_penalty} must be >= 0")
 
 
 class SolveReport(NamedTuple):
@@ -147,6 +153,21 @@ class EquilibriumStack(nn.Module):
                 y = solve.grad.attach(f, y)
         depth = torch.full((x.shape[0],), iters, dtype=torch.long, device=x.device)
         return y, SolveReport(depth, iters, None, None)
+
+    def regularise(self, loss: Tensor | None, x: Tensor, y: Tensor) -> Tensor | None:
+        """loss + jac_penalty * (Hutchinson ||J||_F^2 / dim of the map at y, mean over the batch)
+        while training with autograd on and a weight set; the loss unchanged otherwise.
+
+        x: (B, T, D) injection, y: (B, T, D) the solution (detached for the penalty: it measures
+        the map at that point, and its gradient reaches H's weights and x).
+        """
+        if loss is None or self.cfg.jac_penalty == 0 or not (self.training and torch.is_grad_enabled()):
+            return loss
+        # The penalty's gradient differentiates a vector-Jacobian product (double backward),
+        # which the fused attention kernels do not implement: use the plain math kernel here.
+        with sdpa_kernel(SDPBackend.MATH):
+            penalty = jacobian_penalty(self.map(x), y.detach()).mean()
+        return loss + self.cfg.jac_penalty * penalty
 
     def flops_per_token(self, d: int, seq_len: int, n_evals: float | None) -> float:
         """FLOPs per token of `n_evals` evaluations of f (max_iter + 1, the worst case, if None).
