@@ -97,8 +97,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, _, run, step = load_run(args.checkpoint)
     if run.task == "puzzles":
         return _eval_puzzles(args, model, run, step, depths)
-    if args.puzzles is not None or args.steps is not None:
-        raise ConfigError("--puzzles and --steps are for puzzle checkpoints; a language model takes --batches")
+    if args.puzzles is not None:
+        raise ConfigError("--puzzles is for puzzle checkpoints; a language model takes --batches")
     data = prepare(run.data, progress=False)
     if args.batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=args.batches))
@@ -132,7 +132,7 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
     if args.batches is not None or args.plot:
         raise ConfigError("--batches and --plot are for language models; a puzzle checkpoint takes --puzzles N")
     try:
-        steps = parse_depths(args.steps or "all", word="all", flag="--steps")
+        steps = parse_depths(args.steps, word="all", flag="--steps")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     test = test_batches(load_data(run)["test"], run.train.batch_size // run.train.grad_accum,
@@ -296,7 +296,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--iters", default="0,1,2,4,8,adaptive", help="depths to evaluate, comma-separated")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.add_argument("--puzzles", type=int, help="puzzle checkpoints: the first N test puzzles (default: all)")
-    ev.add_argument("--steps", help="puzzle checkpoints: supervision steps to sweep, e.g. 1,2,4,all (default: all)")
+    ev.add_argument("--steps", default="1,2,4,8", help="puzzle checkpoints with supervision steps (TRM, "
+                    "AttractorReasoner): the steps to sweep, at the model's own depth ('all': halt_max_steps)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
 

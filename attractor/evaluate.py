@@ -202,7 +202,7 @@ def puzzle_sweep(model: nn.Module, batches, depths: list[int | None], steps: lis
 
     Returns: {"iters": rows, "steps": rows}; each row is evaluate_puzzles' result with its
     "iters" or "steps" ('adaptive' / 'all' for None). The adaptive row carries the residual
-    histogram and the by-rating table. A model without depth gets one iters row; one without
+    histogram and the by-rating table (and stands for steps 'all', which is not repeated). A model without depth gets one iters row; one without
     supervision steps no steps rows.
     """
     if not model.has_depth:
@@ -214,6 +214,8 @@ def puzzle_sweep(model: nn.Module, batches, depths: list[int | None], steps: lis
                                     ratings=ratings if iters is None else None))
         rows["iters"].append(row)
     for n in steps if takes_steps(model) else []:
+        if n is None and None in depths:
+            continue  # every step, the model's own depth: the adaptive row above
         row = {"steps": "all" if n is None else n}
         row.update(evaluate_puzzles(model, batches, steps=n, device=device))
         rows["steps"].append(row)
