@@ -41,12 +41,12 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "text": Task(DataConfig, TrainConfig()),
-    # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW lr 1e-4, betas (0.9, 0.95), weight
-    # decay 1.0, EMA 0.999, a linear warmup and then a constant rate (no cooldown). TRM warms up
-    # over 2000 of its ~130k steps; 100 suits CPU runs of a few thousand (the 27M recipe in
-    # docs/training.md sets 2000).
+    # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW for every parameter (no Muon), lr
+    # 1e-4, betas (0.9, 0.95), weight decay 1.0, EMA 0.999, a linear warmup and then a constant
+    # rate (no cooldown). TRM warms up over 2000 of its ~65k steps; 100 suits CPU runs of a few
+    # thousand (the 27M recipe in docs/training.md sets 2000).
     "puzzles": Task(PuzzleDataConfig, TrainConfig(lr=1e-4, weight_decay=1.0, betas=(0.9, 0.95), ema=0.999,
-                                                  warmup=100, cooldown=0.0)),
+                                                  warmup=100, cooldown=0.0, matrix_optimizer="adamw")),
 }
 TASK_OF_FAMILY = {"puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles"}  # else text
 
