@@ -11,6 +11,13 @@ from attractor.models.puzzle import (
     TraceStep,
     stablemax_cross_entropy,
 )
+from attractor.models.reasoner import (
+    TRM,
+    AttractorReasoner,
+    AttractorReasonerConfig,
+    ReasonerCarry,
+    TRMConfig,
+)
 from attractor.models.transformer import TransformerConfig, TransformerLM
 from attractor.models.registry import (
     PRESETS,

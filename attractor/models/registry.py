@@ -21,6 +21,7 @@ from attractor.models.deq import DEQLM, DEQConfig
 from attractor.models.equilibrium import SolveConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.puzzle import PuzzleTransformer, PuzzleTransformerConfig
+from attractor.models.reasoner import TRM, AttractorReasoner, AttractorReasonerConfig, TRMConfig
 from attractor.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF: dict[type, type[nn.Module]] = {
@@ -29,10 +30,13 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     LoopedConfig: LoopedLM,
     DEQConfig: DEQLM,
     PuzzleTransformerConfig: PuzzleTransformer,
+    TRMConfig: TRM,
+    AttractorReasonerConfig: AttractorReasoner,
 }
 FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
                              "looped": LoopedConfig, "deq": DEQConfig,
-                             "puzzle-transformer": PuzzleTransformerConfig}  # the tag saved with a config
+                             "puzzle-transformer": PuzzleTransformerConfig, "trm": TRMConfig,
+                             "attractor-reasoner": AttractorReasonerConfig}  # the tag saved with a config
 PRESETS: dict[str, Callable[[], object]] = {}
 
 
@@ -148,6 +152,45 @@ def puzzle_transformer_cpu():  # 5 bidirectional blocks of d=128: 0.98M dense
 @preset
 def puzzle_transformer_27m():  # SPEC 2.2: width 512, 8 heads, 8 layers (our block: 25.2M dense)
     return PuzzleTransformerConfig(d=512, n_head=8, n_layer=8)
+
+
+# CPU scale: TRM's 2-layer network at d=192 (0.89M), with fewer cycles and supervision steps than
+# published (2 x (3 + 1) network evaluations per step instead of 3 x (6 + 1); 8 steps, not 16), so
+# that an hour on this machine's CPU trains for thousands of steps (docs/models.md, "Puzzle models").
+CPU_REASONER = dict(d=192, n_head=4, n_layer=2, h_cycles=2, halt_max_steps=8)
+
+
+@preset
+def trm_cpu():
+    return TRMConfig(**CPU_REASONER, l_cycles=3)
+
+
+@preset
+def attractor_reasoner_cpu():  # the published solve: Anderson m=5, 4..8 steps, tol 1e-3, phantom k=2
+    return AttractorReasonerConfig(**CPU_REASONER)
+
+
+TRM_PUBLISHED = dict(d=512, n_head=8, prefix_len=16, h_cycles=3, halt_max_steps=16)  # TRM, SPEC 2.2
+
+
+@preset
+def trm_7m():  # TRM's 7M: L_layers 2, H_cycles 3, L_cycles 6 (our blocks: 6.3M)
+    return TRMConfig(**TRM_PUBLISHED, n_layer=2, l_cycles=6)
+
+
+@preset
+def attractor_reasoner_7m():
+    return AttractorReasonerConfig(**TRM_PUBLISHED, n_layer=2)
+
+
+@preset
+def trm_27m():  # 8 layers, "HRM scale" (our blocks: 25.2M); the paper reports TRM collapsing here
+    return TRMConfig(**TRM_PUBLISHED, n_layer=8, l_cycles=6)
+
+
+@preset
+def attractor_reasoner_27m():  # SPEC 2.2's Sudoku-Extreme / Maze-Hard model (published 27.3M)
+    return AttractorReasonerConfig(**TRM_PUBLISHED, n_layer=8)
 
 
 def config(name: str, **overrides):
