@@ -170,6 +170,13 @@ def _is_comment(line: str) -> bool:
     return line.startswith("#") and any(set(word) - set(maze.CHARSET) for word in re.findall(r"[A-Za-z0-9]{2,}", line))
 
 
+def _is_file(source: str) -> bool:
+    try:
+        return Path(source).is_file()
+    except OSError:   # a puzzle longer than a file name may be
+        return False
+
+
 def read_text(source: str) -> str:
     """The text of a file, or of stdin for '-'; ConfigError (one line) when it cannot be read."""
     import sys
@@ -363,7 +370,7 @@ def solve_command(kind: str, source: str, checkpoint: str | Path, *, trace: bool
     if meta["kind"] != kind:
         raise ConfigError(f"{checkpoint} holds a model of {meta['kind']}s ({name}); it cannot solve a {kind}")
     if kind == "sudoku":
-        text = read_text(source) if source == "-" or Path(source).is_file() else source
+        text = read_text(source) if source == "-" or _is_file(source) else source
         puzzle = read_sudoku(text, tuple(meta["box"]))
     else:
         puzzle = read_maze(read_text(source), meta["size"])
