@@ -15,8 +15,9 @@ import shutil
 import pytest
 
 from attractor.data import maze, sudoku
+from attractor.models import build
 from attractor.page import render_page, write_page
-from attractor.solve import Frame, Solution, check, read_maze, read_sudoku
+from attractor.solve import Frame, Solution, check, read_maze, read_sudoku, solve
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -128,6 +129,28 @@ def test_page_shows_the_first_and_last_frame_and_steps_through(browser, tmp_path
     assert "Solved:" in page.text_content("#verdict")
     assert errors == []
     assert requests == [path.as_uri()]                     # the page itself, nothing else
+
+
+def test_page_of_a_real_solve_shows_the_models_trace(browser, tmp_path):
+    """An (untrained) Attractor reasoner's solve: the page's first and last frames are the
+    trace's predictions, the last is the answer, and the residual curve marks the solver's."""
+    model = build("attractor-reasoner-cpu", d=32, n_head=2, seq_len=36, vocab_size=8, halt_max_steps=2, h_cycles=1)
+    made, _, _ = sudoku.generate(1, rng=6, box=(2, 3))[0]
+    solution = solve(model, read_sudoku(made, (2, 3)), trace=True)
+    frames = solution.frames
+    assert len(frames) >= 4 and any(f.residual is not None for f in frames)
+    path = tmp_path / "real.html"
+    write_page(path, solution, title="AttractorReasoner on a 6x6 Sudoku")
+    page, requests, errors = open_page(browser, path)
+    first = shown(page)
+    assert first["cells"] == frames[0].cells and first["steps"] == len(frames) and first["label"] == frames[0].label
+    page.focus("#slider")
+    page.keyboard.press("End")
+    last = shown(page)
+    assert last["cells"] == frames[-1].cells == solution.answer and last["label"] == frames[-1].label
+    assert last["changed"] == frames[-1].changed
+    assert (last["marker"] is None) == (frames[-1].residual is None)
+    assert errors == [] and requests == [path.as_uri()]
 
 
 def shown_at(page, step: int) -> dict:

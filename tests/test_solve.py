@@ -162,6 +162,7 @@ def test_tokens_match_the_dataset_builders():
 # ---------------------------------------------------------------- the command, on real checkpoints
 
 TINY = ["model.d=32", "model.n_head=2", "train.batch_size=4", "train.eval_batches=1", "train.warmup=1"]
+SHALLOW = ["model.halt_max_steps=2", "model.h_cycles=2", "model.l_cycles=3"]  # a trace of 2 x 2 x 3 frames
 
 
 def sets(settings: list[str]) -> list[str]:
@@ -179,9 +180,11 @@ def runs(tmp_path_factory, corpus):
     for name, data in (("sudoku6", "sudoku6"), ("maze7", "maze7")):
         assert main(["train", "puzzle-transformer-cpu", "--out", str(root / f"run-{name}"), "--data", str(root / data),
                      "--steps", "2", "--quiet", *sets(TINY)]) == 0
+    assert main(["train", "trm-cpu", "--out", str(root / "run-trm"), "--data", str(root / "sudoku6"), "--steps", "1",
+                 "--quiet", *sets([*TINY, *SHALLOW])]) == 0
     assert main(["train", "--preset", "transformer-1m", "--out", str(root / "run-lm"), "--data", str(corpus),
                  "--steps", "1", "--quiet", *sets(tiny_settings("transformer-1m", root / "cache"))]) == 0
-    return {"sudoku": root / "run-sudoku6", "maze": root / "run-maze7", "lm": root / "run-lm"}
+    return {"sudoku": root / "run-sudoku6", "maze": root / "run-maze7", "lm": root / "run-lm", "trm": root / "run-trm"}
 
 
 def expected_answer(run, puzzle) -> str:
@@ -229,11 +232,33 @@ def test_solve_maze_reads_a_generated_file_and_draws_the_path(runs, capsys, tmp_
                    "iterations: none (one pass of a model without depth)\n")
 
 
+def test_solve_trace_prints_every_refinement_of_a_recursive_model(runs, capsys):
+    made, _, _ = sudoku.generate(1, rng=5, box=(2, 3))[0]
+    code = main(["solve", "sudoku", made, "--checkpoint", str(runs["trm"]), "--trace"])
+    out = capsys.readouterr().out
+    model, puzzle = load_run(runs["trm"])[0], read_sudoku(made, (2, 3))
+    inputs = torch.from_numpy(puzzle.tokens())[None]
+    steps = model.trace(inputs)
+    with torch.no_grad():
+        forward = model(inputs)
+    assert len(steps) == 2 * 2 * 3
+    headings = [line for line in out.splitlines() if line.startswith("[")]
+    assert headings[0].startswith("[1/12] step 1, cycle 1, iteration 1, ")
+    assert [h.split("] ", 1)[1].rsplit(", ", 1)[0] for h in headings] == [s.label for s in steps]
+    answer = expected_answer(runs["trm"], puzzle)
+    frames = out.split("TRM at step 1 on a 6x6 Sudoku")[0].strip().split("\n\n[")
+    assert frames[-1].split("\n", 1)[1] == puzzle.show(answer)          # the last frame is the answer
+    assert out.splitlines()[-1] == (f"iterations: {int(forward.depth[0])} in the last supervision step, "
+                                    f"{forward.n_evals} evaluations in all")
+    assert code == (0 if check(puzzle, answer).ok else 1)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["sudoku", "1" * 35, "@sudoku"], "Sudoku has 35 cells, expected 36 (6x6)"),
     (["sudoku", HARD, "@sudoku"], "Sudoku has 81 cells (9x9), expected 36 (6x6)"),
     (["sudoku", "..7" + "." * 33, "@sudoku"], "bad character '7' at row 1, column 3 (digits 1-6"),
     (["sudoku", "1.....1" + "." * 29, "@sudoku"], "two 1s in column 1"),
+    (["sudoku", "." + " " * 300 + "x" + "." * 34, "@sudoku"], "bad character 'x' at row 1, column 2"),  # no file name
     (["sudoku", "." * 36, "/no/such/run"], "no such"),
     (["sudoku", "." * 36, "@lm"], "holds a language model (TransformerLM at step 1), not a puzzle model"),
     (["sudoku", "." * 36, "@maze"], "holds a model of mazes (PuzzleTransformer at step 2); it cannot solve a sudoku"),
