@@ -19,8 +19,14 @@ from attractor.data.puzzles import build_sudoku
 from attractor.run import load_run, train
 from attractor.train import Trainer
 
+
+class Killed(Exception):
+    pass
+
 TINY = {  # about 10k parameters: a few steps take a second
     "puzzle-transformer-cpu": ["model.n_layer=2"],
+    "trm-cpu": ["model.n_layer=1", "model.h_cycles=2", "model.l_cycles=2", "model.halt_max_steps=4",
+                "model.prefix_len=1"],
 }
 COMMON = ["model.d=32", "model.n_head=2", "train.batch_size=4", "train.log_every=1", "train.warmup=2",
           "train.eval_every=3", "train.eval_batches=2", "train.checkpoint_every=3", "train.lr=3e-3", "train.ema=0.5"]
@@ -53,7 +59,8 @@ def one_line_error(capsys, argv: list[str], match: str) -> None:
 def test_the_model_follows_the_dataset_and_gets_the_puzzle_defaults(sudoku4):
     run = run_config("puzzle-transformer-cpu", data=str(sudoku4))
     assert (run.model.seq_len, run.model.vocab_size) == (16, 6)  # 4x4 Sudoku: 16 cells, pad + blank + 4 digits
-    assert (run.train.lr, run.train.weight_decay, run.train.ema, run.train.cooldown) == (1e-4, 1.0, 0.999, 0.0)
+    assert (run.train.lr, run.train.weight_decay, run.train.ema, run.train.cooldown, run.train.matrix_optimizer) == (
+        1e-4, 1.0, 0.999, 0.0, "adamw")
     assert run_config("puzzle-transformer-cpu", ["lr=1e-3"], data=str(sudoku4)).train.lr == 1e-3
     assert run_config("transformer-1m").train.ema is None  # the language models keep theirs
     assert type(run).from_dict(json.loads(json.dumps(run.to_dict()))) == run
@@ -110,3 +117,55 @@ def test_eval_flags_of_the_other_task_are_refused(capsys, trained):
     one_line_error(capsys, ["eval", str(trained), "--steps", "x"], "--steps")
     one_line_error(capsys, ["eval", str(trained), "--checkpoint", "/elsewhere"], "two checkpoints")
     one_line_error(capsys, ["eval"], "name the checkpoint")
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # about 50 s on the shared 2-core machine (three interpreters, gloo)
+def test_two_processes_match_one(tmp_path, sudoku4):
+    settings = [*COMMON, *TINY["puzzle-transformer-cpu"], "train.eval_every=null", "train.checkpoint_every=null"]
+    args = ["train", "puzzle-transformer-cpu", "--data", str(sudoku4), "--steps", "4", "--quiet",
+            *[a for s in settings for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train(run_config("puzzle-transformer-cpu", settings, data=str(sudoku4), steps=4), tmp_path / "one", progress=False)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "attractor", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    # rank r takes rows r::2 of the same global batch: the same losses and (averaged) weights,
+    # up to float32 summation order
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
+    w1, w2 = load_run(tmp_path / "one")[0].state_dict(), load_run(tmp_path / "two")[0].state_dict()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_killed_and_resumed_recursive_run_repeats_the_uninterrupted_losses(tmp_path, sudoku4, monkeypatch):
+    settings = [*COMMON, *TINY["trm-cpu"], "train.eval_every=4"]
+    full = tmp_path / "full"
+    trainer = train(run_config("trm-cpu", settings, data=str(sudoku4), steps=8), full, progress=False)
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    # slots halted and took new puzzles before the kill, and were mid-way at the checkpoint (step 3)
+    assert sum(r["halted"] for r in records[:5]) > 0 and records[2]["halted"] < 4
+    carry = [k for k in trainer.model.state_dict() if k.endswith("_extra_state")]
+    assert carry, "the carry must be part of the model's state_dict"
+
+    step = Trainer.train_step
+
+    def dies_after_five(self):
+        if self.step == 5:
+            raise Killed
+        return step(self)
+
+    killed = tmp_path / "killed"
+    monkeypatch.setattr(Trainer, "train_step", dies_after_five)
+    with pytest.raises(Killed):
+        train(run_config("trm-cpu", settings, data=str(sudoku4), steps=8), killed, progress=False)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert main(["train", "--out", str(killed), "--resume", "--quiet"]) == 0  # from the checkpoint at step 3
+    a, b = losses(full), losses(killed)
+    assert len(a) == len(b) == 8
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=0, atol=1e-6)
+    evals = [json.loads(line) for line in (killed / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [4, 8] and all("val_exact" in e and "val_depth" in e for e in evals)
