@@ -178,8 +178,9 @@ def token_difficulty(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> 
         prefix.append(out.info.iters.flatten() if solve.stop == "token" else
                       out.info.iters.repeat_interleave(idx.shape[1]))
         stack, x, y0 = equilibrium(model, idx)
-        _, info = fixed_point(stack.map(x), y0, solver=solve.solver, grad="onestep", tol=solve.tol, max_iter=solve.max_iter,
-                              min_iter=solve.min_iter, on_fail="ignore", trace=True, batch_dims=2)
+        _, info = fixed_point(stack.map(x), y0, solver=solve.solver, grad="onestep", tol=solve.tol,
+                              max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore", trace=True,
+                              batch_dims=2)
         below = info.trace.flatten(0, 1) < solve.tol  # (B*T, n_evals); column k: after k steps
         steps = torch.arange(below.shape[1]).clamp(min=solve.min_iter)
         first = torch.where(below, steps, torch.full_like(steps, solve.max_iter + 1)).min(1).values
@@ -432,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "report":
         report(Path(args.doc))
     elif args.command == "_peak":
-        print(json.dumps(peak_child(Spec(**{**json.loads(args.spec), "settings": tuple(json.loads(args.spec)["settings"])}))))
+        fields = json.loads(args.spec)
+        print(json.dumps(peak_child(Spec(**{**fields, "settings": tuple(fields["settings"])}))))
 
 
 if __name__ == "__main__":

@@ -63,11 +63,12 @@ def comparison_table(records: dict[str, dict], speed_file: Path | None = None) -
         last = rec["evals"][-1]
         label = run_label(name)
         sp = speeds.get(label, {})
-        rows.append([name, f"{rec['params']['dense']:,}", last["step"], f"{last['tokens']:,}", last["sweep"]["adaptive"],
+        rows.append([name, f"{rec['params']['dense']:,}", last["step"], f"{last['tokens']:,}",
+                     last["sweep"]["adaptive"],
                      math.exp(last["sweep"]["adaptive"]), _fmt(last["adaptive"].get("depth"), 1),
-                     f"{last['flops_per_token'] / 1e6:.1f}M", _fmt(rec.get("tokens_per_s"), 0),
+                     f"{last['flops_per_token'] / 1e6:.1f}M", _fmt(rec.get("tokens_per_s") or last["tokens_per_s"], 0),
                      _fmt(sp.get("tokens_per_s"), 0), _fmt(sp.get("peak_mb"), 0),
-                     _fmt(rec.get("train_s"), 0) + ("" if rec.get("done") else " (running)")])
+                     _fmt(rec.get("train_s") or last["train_s"], 0) + ("" if rec.get("done") else " (running)")])
     return markdown(["run", "dense params", "steps", "tokens", "val loss (nats/byte)", "val ppl",
                      "depth", "FLOPs/token", "tok/s (own run)", "tok/s (side by side)", "peak MB / step",
                      "train s"], rows)
@@ -120,15 +121,17 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rec in records.items():
         evals = [e for e in rec["evals"] if "0" in e["sweep"]]
-        if evals:
-            ax0.plot([e["step"] for e in evals], [e["sweep"]["0"] - e["sweep"]["adaptive"] for e in evals], "o-", label=name)
-            ax1.plot([e["step"] for e in evals], [e["sweep"]["1"] - e["sweep"]["adaptive"] for e in evals], "o-", label=name)
+        steps = [e["step"] for e in evals]
+        for ax, k in ((ax0, "0"), (ax1, "1")):
+            if evals:
+                ax.plot(steps, [e["sweep"][k] - e["sweep"]["adaptive"] for e in evals], "o-", label=name.split("/")[-1])
     for ax, k in ((ax0, 0), (ax1, 1)):
         ax.axhline(0, color="gray", lw=0.5)
         ax.set_xlabel("training step")
-        ax.set_ylabel(f"val loss at T={k} minus adaptive (nats/byte)")
+        ax.set_ylabel(f"val loss, T={k} minus adaptive (nats/byte)")
         ax.legend(fontsize=7)
     fig.suptitle("Internalization over training: 0 means the proposal is the fixed point")
+    fig.tight_layout()
     names.append(f"{stem}-internalization.png")
     _save(fig, folder / names[-1])
     plt.close(fig)
@@ -137,7 +140,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     for name, rec in records.items():
         pts = training_depth(rec)
         if pts:
-            ax.plot(*zip(*pts), label=name)
+            ax.plot(*zip(*pts), label=name.split("/")[-1])
     ax.set_xlabel("training step")
     ax.set_ylabel("evaluations of f per training step")
     ax.legend(fontsize=7)
@@ -148,7 +151,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rec in records.items():
         last = rec["evals"][-1]
-        ax.plot([last["adaptive"].get("n_evals", 0)], [last["sweep"]["adaptive"]], "o", label=name)
+        ax.plot([last["adaptive"].get("n_evals", 0)], [last["sweep"]["adaptive"]], "o", label=name.split("/")[-1])
     ax.set_xlabel("evaluations of f per forward at validation (adaptive)")
     ax.set_ylabel("validation loss (nats/byte)")
     ax.legend(fontsize=7)
