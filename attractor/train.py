@@ -210,8 +210,8 @@ class Trainer:
         self.cfg, self.callbacks = cfg, callbacks or Callbacks()
         self.device = pick_device(cfg.device, local_rank)
         self.model = model.to(self.device)
-        # Buffers stay each rank's own: a recursive puzzle model's carry (its rows' state across
-        # supervision steps) is a buffer, and DDP's default would overwrite it with rank 0's.
+        # Buffers stay each rank's own: a recursive puzzle model may keep its carry (its rows'
+        # state across supervision steps) in buffers, which DDP would overwrite with rank 0's.
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
                                                         broadcast_buffers=False)
                     if self.world > 1 else None)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import losses
@@ -16,6 +17,7 @@ from conftest import losses
 from attractor.cli import main
 from attractor.config import run_config
 from attractor.data.puzzles import build_sudoku
+from attractor.evaluate import by_rating
 from attractor.run import load_run, train
 from attractor.train import Trainer
 
@@ -47,6 +49,14 @@ def trained(tmp_path_factory, sudoku4):
     out = tmp_path_factory.mktemp("run") / "pt"
     assert main(["train", "puzzle-transformer-cpu", "--data", str(sudoku4), "--out", str(out), "--steps", "6",
                  "--quiet", *sets("puzzle-transformer-cpu")]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_trm(tmp_path_factory, sudoku4):
+    out = tmp_path_factory.mktemp("run") / "trm"
+    assert main(["train", "trm-cpu", "--data", str(sudoku4), "--out", str(out), "--steps", "4", "--quiet",
+                 *sets("trm-cpu")]) == 0
     return out
 
 
@@ -100,6 +110,34 @@ def test_eval_serves_puzzle_checkpoints(capsys, trained):
     assert "test puzzles" in capsys.readouterr().out
 
 
+def test_eval_sweeps_iterations_and_supervision_steps_of_a_recursive_model(capsys, trained_trm):
+    assert main(["eval", str(trained_trm), "--json", "--iters", "0,1,adaptive", "--steps", "1,4,all",
+                 "--puzzles", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["iters"] for r in out["sweep"]] == [0, 1, "adaptive"]
+    assert [r["steps"] for r in out["steps_sweep"]] == [1, 4]  # 'all' is the adaptive row
+    adaptive, all_steps = out["sweep"][-1], out["steps_sweep"][-1]  # halt_max_steps is 4
+    for key in ("val_loss", "val_exact", "val_cell", "val_depth"):
+        assert all_steps[key] == adaptive[key], key
+    assert out["sweep"][0]["val_depth"] == 0 < out["sweep"][1]["val_depth"] < adaptive["val_depth"]
+    assert sum(b["puzzles"] for b in adaptive["by_rating"]) == 4 and "depth" in adaptive["by_rating"][0]
+
+
+def test_by_rating_groups_puzzles_by_quartile():
+    ratings = np.array([1, 1, 1, 2, 3, 5, 8, 8])
+    exact = np.array([1, 1, 0, 1, 0, 0, 0, 1.0])
+    cell = np.linspace(0.2, 0.9, 8)
+    depth = np.arange(8.0)
+    rows = by_rating(ratings, exact, cell, depth)
+    # quartile edges (lower) 1, 2, 5: groups {1, 1, 1}, {2}, {3, 5}, {8, 8}
+    assert [r["rating"] for r in rows] == [[1, 1], [2, 2], [3, 5], [8, 8]]
+    assert [r["puzzles"] for r in rows] == [3, 1, 2, 2]
+    assert [r["exact"] for r in rows] == pytest.approx([2 / 3, 1, 0, 0.5])
+    assert [r["depth"] for r in rows] == pytest.approx([1, 3, 4.5, 6.5])
+    assert rows[2]["cell"] == pytest.approx(cell[4:6].mean())
+    assert "depth" not in by_rating(ratings, exact, cell, None)[0]
+
+
 @pytest.mark.parametrize("extra,match", [
     (["--data", "/no/such/dataset"], "/no/such/dataset"),
     ([], "needs a dataset"),
@@ -120,23 +158,29 @@ def test_eval_flags_of_the_other_task_are_refused(capsys, trained):
 
 
 @pytest.mark.ddp
-@pytest.mark.slow  # about 50 s on the shared 2-core machine (three interpreters, gloo)
-def test_two_processes_match_one(tmp_path, sudoku4):
-    settings = [*COMMON, *TINY["puzzle-transformer-cpu"], "train.eval_every=null", "train.checkpoint_every=null"]
-    args = ["train", "puzzle-transformer-cpu", "--data", str(sudoku4), "--steps", "4", "--quiet",
+@pytest.mark.slow  # about 40 s each on the shared 2-core machine (two interpreters, gloo)
+@pytest.mark.parametrize("preset,extra", [
+    ("puzzle-transformer-cpu", []),
+    # each process carries its own rows; exploration off, since its draws depend on the rows per process
+    ("trm-cpu", ["model.halt_explore=0.0"]),
+])
+def test_two_processes_match_one(tmp_path, sudoku4, preset, extra):
+    settings = [*COMMON, *TINY[preset], *extra, "train.eval_every=null", "train.checkpoint_every=null"]
+    args = ["train", preset, "--data", str(sudoku4), "--steps", "6", "--quiet",
             *[a for s in settings for a in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    train(run_config("puzzle-transformer-cpu", settings, data=str(sudoku4), steps=4), tmp_path / "one", progress=False)
+    train(run_config(preset, settings, data=str(sudoku4), steps=6), tmp_path / "one", progress=False)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "attractor", *args, "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert len(a) == len(b) == 4
+    assert len(a) == len(b) == 6
     # rank r takes rows r::2 of the same global batch: the same losses and (averaged) weights,
     # up to float32 summation order
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
-    w1, w2 = load_run(tmp_path / "one")[0].state_dict(), load_run(tmp_path / "two")[0].state_dict()
+    w1 = dict(load_run(tmp_path / "one")[0].named_parameters())  # not the carry: rank 0 holds its rows only
+    w2 = dict(load_run(tmp_path / "two")[0].named_parameters())
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
 
