@@ -180,7 +180,7 @@ class RecursiveReasoner(PuzzleModel):
 
     def embed_inputs(self, inputs: Tensor) -> Tensor:
         """(B, L) ids -> x (B, S, D): the learned prefix, then the token embeddings."""
-        prefix = self.prefix.to(self.embed.weight.dtype).expand(inputs.shape[0], -1, -1)
+        prefix = self.prefix.expand(inputs.shape[0], -1, -1)  # (B, P, D)
         return torch.cat([prefix, self.embed(inputs)], dim=1)
 
     def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
@@ -283,8 +283,8 @@ class RecursiveReasoner(PuzzleModel):
         new = carry.halted  # (B,) slots that take this call's sample
         start_H, start_L = self.initial_state(batch)
         rows = new.view(-1, 1, 1)
-        z_H = torch.where(rows, start_H, carry.z_H.to(start_H.dtype))  # (B, S, D)
-        z_L = torch.where(rows, start_L, carry.z_L.to(start_L.dtype))
+        z_H = torch.where(rows, start_H, carry.z_H)  # (B, S, D)
+        z_L = torch.where(rows, start_L, carry.z_L)
         inputs = torch.where(new.view(-1, 1), inputs, carry.inputs)  # (B, L)
         labels = torch.where(new.view(-1, 1), labels, carry.labels)
         steps = torch.where(new, 0, carry.steps) + 1  # (B,)
@@ -411,10 +411,10 @@ def halted_metrics(counted: Tensor, correct: Tensor, cell: Tensor, q_halt: Tenso
 
 
 class TRM(RecursiveReasoner):
-    """TRM: the latent updated l_cycles times per answer update (`iters=k`: k times)."""
+    """TRM: the latent updated l_cycles times per answer update (`iters=k`: k times).
 
-    def __init__(self, cfg: TRMConfig):
-        super().__init__(cfg)
+    Built from a TRMConfig.
+    """
 
     def recurse(self, x, z_H, z_L, iters, emit):
         return self.cycles(x, z_H, z_L, iters, emit, self.unrolled_latent)
@@ -440,10 +440,8 @@ class AttractorReasoner(RecursiveReasoner):
 
     `iters=k`: each solve replaced by exactly k plain steps of its map from the warm start, with
     the configured gradient attached (0: the warm start itself), as `iters` means for the LMs.
+    Built from an AttractorReasonerConfig.
     """
-
-    def __init__(self, cfg: AttractorReasonerConfig):
-        super().__init__(cfg)
 
     def recurse(self, x, z_H, z_L, iters, emit):
         if not self.cfg.joint:
