@@ -137,6 +137,8 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
         raise ConfigError(str(err)) from None
     test = test_batches(load_data(run)["test"], run.train.batch_size // run.train.grad_accum,
                         _positive(args.puzzles, "--puzzles") if args.puzzles is not None else None)
+    if test.n == 0:
+        raise ConfigError(f"the dataset {run.data.source} has no test puzzles to evaluate")
     sweep = puzzle_sweep(model, test, depths, steps, ratings=test.ratings)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
