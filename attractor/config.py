@@ -6,9 +6,10 @@ The preset names a model (`attractor models` lists them); its family names the t
 language models read text (attractor.data.DataConfig), the puzzle families a puzzle dataset
 folder (attractor.tasks.PuzzleDataConfig), and each task brings its trainer defaults (puzzles:
 TRM's). A puzzle model's seq_len and vocab_size follow the dataset's unless set explicitly, and
-an explicit setting the dataset contradicts is a ConfigError. `--set key=value` reaches any field: `model.<field>`, `data.<field>`, `train.<field>`,
-dotted paths below them (`model.solve.solver.m=3`), or a bare field name when exactly one part
-of the config has it (`tol`, `lr`, `steps`, `vocab_size`...). Values are JSON when they parse
+an explicit setting the dataset contradicts is a ConfigError. `--set key=value` reaches any
+field: `model.<field>`, `data.<field>`, `train.<field>`, dotted paths below them
+(`model.solve.solver.m=3`), or a bare field name when exactly one part of the config has it
+(`tol`, `lr`, `steps`, `vocab_size`...). Values are JSON when they parse
 (`64`, `1e-4`, `true`, `null`, `{"name": "anderson", "m": 3}`), else text (`picard`). Every
 unknown key or badly typed value is a ConfigError naming the field.
 """

@@ -202,8 +202,8 @@ def puzzle_sweep(model: nn.Module, batches, depths: list[int | None], steps: lis
 
     Returns: {"iters": rows, "steps": rows}; each row is evaluate_puzzles' result with its
     "iters" or "steps" ('adaptive' / 'all' for None). The adaptive row carries the residual
-    histogram and the by-rating table (and stands for steps 'all', which is not repeated). A model without depth gets one iters row; one without
-    supervision steps no steps rows.
+    histogram and the by-rating table, and stands for steps 'all' (not repeated). A model
+    without depth gets one iters row; one without supervision steps no steps rows.
     """
     if not model.has_depth:
         depths = [None]

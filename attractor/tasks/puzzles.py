@@ -21,9 +21,7 @@ cell, clues included, is scored, as in the published builders.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -202,7 +200,8 @@ def cell_metrics(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         cell: (B,) float32, the share of scored cells right (1 where none is scored).
     """
     if logits.dim() != 3 or logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits must be (B, L, V) with labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+        raise ValueError(f"logits must be (B, L, V) with labels (B, L), "
+                         f"got {tuple(logits.shape)} and {tuple(labels.shape)}")
     scored = labels != IGNORE_INDEX
     right = (logits.argmax(-1) == labels) & scored                   # (B, L)
     n_scored = scored.sum(-1)
