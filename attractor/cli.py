@@ -364,9 +364,10 @@ def parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("solve", help=cmd_solve.__doc__.splitlines()[0])
     sv.add_argument("kind", choices=["sudoku", "maze"])
-    sv.add_argument("puzzle", help="sudoku: the puzzle (digits, '.' or '0' for blanks) or a file holding it; "
-                    "maze: a file of rows of '# SG' (- reads stdin)")
-    sv.add_argument("--checkpoint", required=True, help="a puzzle checkpoint or run directory (its newest)")
+    sv.add_argument("puzzle", metavar="PUZZLE", help="sudoku: the puzzle (digits, '.' or '0' for blanks) or a "
+                    "file holding it; maze: a file of rows of '# SG' (- reads stdin)")
+    sv.add_argument("--checkpoint", required=True, metavar="DIR",
+                    help="a puzzle checkpoint or run directory (its newest)")
     sv.add_argument("--trace", action="store_true", help="print the grid after every iteration")
     sv.add_argument("--html", metavar="FILE", help="write a page that steps through the iterations")
     return p

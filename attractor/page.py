@@ -74,7 +74,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy"
+      content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>{{TITLE}}</title>
 <style>
   body { font: 15px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
@@ -198,7 +199,7 @@ function show(k) {
     const ch = f.cells[i], conf = f.confidence[i];
     cell.textContent = ch;
     cell.dataset.changed = changed.has(i) ? "1" : "0";
-    cell.title = "confidence " + conf.toFixed(3);
+    cell.title = (data.given[i] ? "given " + JSON.stringify(data.puzzle[i]) + ", " : "") + "confidence " + conf.toFixed(3);
     const colour = "hsl(" + Math.round(120 * conf) + ",75%,80%)";
     if (data.kind === "sudoku") cell.style.background = data.given[i] && ch === data.puzzle[i] ? "" : colour;
     else if (!data.given[i]) cell.style.background = ch === "o" ? colour : (ch === " " ? "#fff" : "#f3b");
@@ -210,7 +211,8 @@ function show(k) {
   const count = document.getElementById("changed");
   count.dataset.count = f.changed.length;
   count.textContent = f.changed.length + " changed";
-  document.getElementById("residual").textContent = f.residual === null ? "" : "residual " + f.residual.toExponential(2);
+  document.getElementById("residual").textContent =
+    f.residual === null ? "" : "residual " + f.residual.toExponential(2);
   if (marker) marker.place(step);
 }
 

@@ -337,7 +337,8 @@ def trace_text(solution: Solution) -> str:
     parts = []
     for k, frame in enumerate(solution.frames):
         residual = "" if frame.residual is None else f", residual {frame.residual:.2e}"
-        parts.append(f"[{k + 1}/{len(solution.frames)}] {frame.label}{residual}, {plural(len(frame.changed), 'cell')} changed\n"
+        changed = plural(len(frame.changed), "cell")
+        parts.append(f"[{k + 1}/{len(solution.frames)}] {frame.label}{residual}, {changed} changed\n"
                      f"{solution.puzzle.show(frame.cells)}\n")
     return "\n".join(parts)
 

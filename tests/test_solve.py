@@ -220,7 +220,8 @@ def test_solve_sudoku_prints_the_models_answer_its_check_and_trace(runs, capsys,
 
 
 def test_solve_maze_reads_a_generated_file_and_draws_the_path(runs, capsys, tmp_path):
-    assert main(["maze", "generate", "--count", "1", "--size", "7", "--seed", "2", "--out", str(tmp_path / "m.txt")]) == 0
+    assert main(["maze", "generate", "--count", "1", "--size", "7", "--seed", "2",
+                 "--out", str(tmp_path / "m.txt")]) == 0
     code = main(["solve", "maze", str(tmp_path / "m.txt"), "--checkpoint", str(runs["maze"])])
     out = capsys.readouterr().out
     puzzle = read_maze((tmp_path / "m.txt").read_text())
