@@ -130,7 +130,7 @@ const data = JSON.parse(document.getElementById("trace").textContent);
 const app = document.getElementById("app"), grid = document.getElementById("grid");
 const slider = document.getElementById("slider"), playButton = document.getElementById("play");
 const n = data.side, frames = data.frames;
-const SVG = "http://www.w3.org/2000/svg";
+const SVG = "http://www.w3.org/2000/svg", WRONG = "#f3b";
 let step = 0, timer = null;
 
 document.getElementById("title").textContent = data.title;
@@ -201,8 +201,11 @@ function show(k) {
     cell.dataset.changed = changed.has(i) ? "1" : "0";
     cell.title = (data.given[i] ? "given " + JSON.stringify(data.puzzle[i]) + ", " : "") + "confidence " + conf.toFixed(3);
     const colour = "hsl(" + Math.round(120 * conf) + ",75%,80%)";
-    if (data.kind === "sudoku") cell.style.background = data.given[i] && ch === data.puzzle[i] ? "" : colour;
-    else if (!data.given[i]) cell.style.background = ch === "o" ? colour : (ch === " " ? "#fff" : "#f3b");
+    // A given cell the model keeps shows as given; one it changes shows what it predicts instead:
+    // a Sudoku clue by confidence, a maze wall, S or G in magenta, as any maze cell it fills wrongly.
+    const kept = data.given[i] && ch === data.puzzle[i];
+    if (data.kind === "sudoku") cell.style.background = kept ? "" : colour;
+    else cell.style.background = kept ? "" : ch === "o" && !data.given[i] ? colour : ch === " " ? "#fff" : WRONG;
   });
   app.dataset.step = step;
   slider.value = step;

@@ -121,9 +121,14 @@ def test_page_shows_the_first_and_last_frame_and_steps_through(browser, tmp_path
     page.keyboard.press("ArrowRight")
     assert shown(page)["step"] == 1 and shown(page)["cells"] == frames[1].cells
     page.keyboard.press("Home")
-    page.click("#play")                                    # selector waits: the page's CSP forbids eval
-    page.wait_for_selector("#app[data-playing='1'][data-step='2']", timeout=5000)
-    page.wait_for_selector(f"#app[data-playing='0'][data-step='{len(frames) - 1}']", timeout=10000)
+    page.evaluate("""() => {                                 // every frame play shows, in order
+        window.seen = [];
+        new MutationObserver(() => window.seen.push(Number(document.getElementById('app').dataset.step)))
+            .observe(document.getElementById('app'), {attributes: true, attributeFilter: ['data-step']});
+    }""")
+    page.click("#play")                                    # a selector wait: the page's CSP forbids eval
+    page.wait_for_selector(f"#app[data-playing='0'][data-step='{len(frames) - 1}']", timeout=20000)
+    assert page.evaluate("() => window.seen") == list(range(1, len(frames)))
     assert shown(page)["cells"] == frames[-1].cells          # played to the end, then stopped
 
     assert "Solved:" in page.text_content("#verdict")
