@@ -8,8 +8,9 @@ holds hand-written text and generated blocks
     <!-- end -->
 
 which `python -m bench.lm_claims report` rewrites from the records whose run name starts with
-PREFIX: KIND is `table` (point 1: loss, FLOPs, speed, memory), `sweep` (point 2: the depth sweep
-at the last evaluation, the gap proposal - fixed point, spectral radii), `tokens` (point 3:
+PREFIX (several joined by '+'): KIND is `table` (point 1: loss, FLOPs, speed, memory), `sweep` (point 2: the depth sweep
+at the last evaluation, the gap proposal - fixed point, spectral radii), `gaps` (point 2 over
+training: that gap, evaluations per forward and spectral radius at every evaluation), `tokens` (point 3:
 per-token steps against loss) or `plots` (internalization and iterations over training, loss
 against iterations; PNGs written beside the document).
 """
@@ -91,6 +92,25 @@ def sweep_table(records: dict[str, dict]) -> str:
                      "depth", "f evals", "converged", "rho at c", "rho at y*"], rows)
 
 
+def gap_table(records: dict[str, dict]) -> str:
+    """Point 2 over training: at each evaluation step, T=0 - adaptive loss / f evaluations per
+    forward / spectral radius at y* (median over the measured sequences)."""
+    steps = sorted({e["step"] for rec in records.values() for e in rec["evals"]})
+    rows = []
+    for name, rec in records.items():
+        at = {e["step"]: e for e in rec["evals"] if "0" in e["sweep"]}
+        if not at:
+            continue
+        cells = []
+        for step in steps:
+            e = at.get(step)
+            cells.append("-" if e is None else
+                         f"{e['sweep']['0'] - e['sweep']['adaptive']:+.4f} / {e['adaptive']['n_evals']:.1f} / "
+                         f"{median(e['contraction']['rho_fixed']):.2f}")
+        rows.append([name, *cells])
+    return markdown(["run", *(f"step {s}" for s in steps)], rows)
+
+
 def token_table(records: dict[str, dict]) -> str:
     """Point 3: per-token steps against per-token loss at the last evaluation."""
     rows = []
@@ -165,19 +185,22 @@ GENERATED = re.compile(r"(<!-- generated: (\S+) -->\n).*?(<!-- end -->)", re.S)
 
 
 def section(spec_text: str, root: Path, folder: Path) -> str:
-    """A generated block's text for 'KIND:PREFIX' (see the module docstring); plots go to folder."""
+    """A generated block's text for 'KIND:PREFIX' (see the module docstring); plots go to folder.
+    PREFIX may join several prefixes with '+' (compare-1m/attractor+grad-1m/)."""
     kind, _, prefix = spec_text.partition(":")
-    records = load_records(prefix, root)
+    records = {name: rec for p in prefix.split("+") for name, rec in load_records(p, root).items()}
     if not records:
         return f"(no records under runs/claims/{prefix} yet)"
     if kind == "table":
         return comparison_table(records, root / prefix.split("/")[0] / "speed.json")
     if kind == "sweep":
         return sweep_table(records)
+    if kind == "gaps":
+        return gap_table(records)
     if kind == "tokens":
         return token_table(records)
     if kind == "plots":
-        stem = "results-lm-" + prefix.strip("/").replace("/", "-")
+        stem = "results-lm-" + re.sub(r"[^A-Za-z0-9.]+", "-", prefix).strip("-")
         return "\n".join(f"![{n}]({n})" for n in plots(records, folder, stem))
     raise ConfigError(f"unknown generated section {spec_text!r}")
 
