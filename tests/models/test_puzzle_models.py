@@ -439,3 +439,16 @@ def test_the_published_solve_is_the_attractor_default():
     assert (solve.tol, solve.min_iter, solve.max_iter) == (1e-3, 4, 8)
     cfg = build("trm-27m").cfg
     assert (cfg.d, cfg.n_head, cfg.n_layer, cfg.h_cycles, cfg.l_cycles, cfg.halt_max_steps) == (512, 8, 8, 3, 6, 16)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_attractor_stopping_per_cell_runs_and_traces(joint):
+    model = variant("attractor", stop="token", joint=joint, halt_max_steps=2).eval()
+    inputs, _ = puzzles(batch=1)
+    with torch.no_grad():
+        out = model(inputs)
+    cells = 2 * 20 if joint else 20  # prefix 4 + 16 cells, both states when joint
+    assert out.info.iters.shape == (1, cells) and out.depth.shape == (1,)
+    frames = model.trace(inputs)
+    torch.testing.assert_close(frames[-1].logits, out.logits, rtol=0, atol=0)
+    assert all(f.residual is not None and math.isfinite(f.residual) for f in frames)
