@@ -68,6 +68,10 @@ class TrainConfig:
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
     ema: float | None = None  # decay of an average of the weights that evaluation and checkpoints serve; None: off
+    # Wall-clock budget in seconds from the start of fit() (evaluations and checkpoints included):
+    # the run ends after the step that crosses it, evaluated and checkpointed as at a last step;
+    # the schedule keeps the length `steps`. For comparisons at equal training time. None: no limit.
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -85,6 +89,7 @@ class TrainConfig:
         require(self.eval_every is None or self.eval_every >= 1, "eval_every must be >= 1 or None")
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1 or None")
         require(self.ema is None or 0.0 < self.ema < 1.0, f"ema={self.ema} must be in (0, 1) or None")
+        require(self.time_limit is None or self.time_limit > 0, f"time_limit={self.time_limit} must be > 0 or None")
 
 
 def wsd(step: int, cfg: TrainConfig) -> float:
@@ -297,11 +302,13 @@ class Trainer:
     def fit(self) -> None:
         """Train from the current step to cfg.steps, logging, evaluating and checkpointing."""
         cfg, cb = self.cfg, self.callbacks
-        window_start, window_tokens = time.perf_counter(), self.tokens
-        while self.step < cfg.steps:
+        started = window_start = time.perf_counter()
+        window_tokens = self.tokens
+        last = False
+        while self.step < cfg.steps and not last:
             record = self.train_step()
             cb.progress(record)
-            last = self.step == cfg.steps
+            last = self.step == cfg.steps or self._out_of_time(started)
             if self.step % cfg.log_every == 0 or last:
                 now = time.perf_counter()
                 record["tokens_per_s"] = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
@@ -317,6 +324,15 @@ class Trainer:
                     cb.checkpoint(self.step)
                 if self.world > 1:
                     dist.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+
+    def _out_of_time(self, started: float) -> bool:
+        """Whether cfg.time_limit has passed; under DDP the slowest rank's clock decides for all."""
+        if self.cfg.time_limit is None:
+            return False
+        over = torch.tensor(float(time.perf_counter() - started >= self.cfg.time_limit), device=self.device)
+        if self.world > 1:
+            dist.all_reduce(over, op=dist.ReduceOp.MAX)
+        return bool(over)
 
     # ---- state ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import torch
 from conftest import losses, tiny_settings
 
 from attractor.cli import main
+from attractor.errors import ConfigError
 from attractor.config import run_config
 from attractor.run import train
 from attractor.train import NonFiniteError, Trainer, TrainConfig, make_optimizers, wsd
@@ -87,6 +88,30 @@ def test_non_finite_steps_are_skipped_then_the_run_stops():
     with pytest.raises(NonFiniteError, match="3 steps in a row"):
         for _ in range(5):
             trainer.train_step()
+
+
+def test_time_limit_ends_the_run_evaluated_and_checkpointed(monkeypatch):
+    run = run_config("transformer-1m", ["model.d=32", "model.n_head=2", "model.n_layer=1", "model.seq_len=8"])
+    from attractor import train as train_module
+    from attractor.models import from_config
+
+    clock = [0.0]  # a fake clock that advances 1 s per reading: read at the start and after each step, so the limit of 2.5 s passes at step 3
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock.__setitem__(0, clock[0] + 1.0) or clock[0])
+    seen = {"eval": [], "ckpt": []}
+    callbacks = train_module.Callbacks(evaluate=lambda r: seen["eval"].append(r["step"]),
+                                       checkpoint=lambda step: seen["ckpt"].append(step))
+    val = [next(Batches())]
+    trainer = Trainer(from_config(run.model), Batches(), val, TrainConfig(steps=50, eval_every=None, checkpoint_every=None,
+                                                                           time_limit=2.5), callbacks)
+    trainer.fit()
+    assert trainer.step == 3 and seen == {"eval": [], "ckpt": [3]}  # eval_every=None: no evaluation at all
+    trainer = Trainer(from_config(run.model), Batches(), val, TrainConfig(steps=50, eval_every=100, time_limit=2.5),
+                      callbacks)
+    clock[0] = 0.0
+    trainer.fit()
+    assert trainer.step == 3 and seen["eval"] == [3] and seen["ckpt"] == [3, 3]
+    with pytest.raises(ConfigError, match="time_limit"):
+        TrainConfig(time_limit=0)
 
 
 class Halves(Batches):
