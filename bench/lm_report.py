@@ -92,13 +92,19 @@ def sweep_table(records: dict[str, dict]) -> str:
                      "depth", "f evals", "converged", "rho at c", "rho at y*"], rows)
 
 
+def proposes(rec: dict) -> bool:
+    """Whether the run's T=0 decodes a proposal (an AttractorLM). A DEQ's T=0 decodes its zero
+    start, uniform logits, so its T=0 - adaptive gap says nothing about internalization."""
+    return rec["config"]["model"]["family"] == "attractor"
+
+
 def gap_table(records: dict[str, dict]) -> str:
-    """Point 2 over training: at each evaluation step, T=0 - adaptive loss / f evaluations per
-    forward / spectral radius at y* (median over the measured sequences)."""
+    """Point 2 over training, Attractor runs: at each evaluation step, T=0 - adaptive loss / f
+    evaluations per forward / spectral radius at y* (median over the measured sequences)."""
     steps = sorted({e["step"] for rec in records.values() for e in rec["evals"]})
     rows = []
     for name, rec in records.items():
-        at = {e["step"]: e for e in rec["evals"] if "0" in e["sweep"]}
+        at = {e["step"]: e for e in rec["evals"] if proposes(rec)}
         if not at:
             continue
         cells = []
@@ -131,7 +137,7 @@ def training_depth(rec: dict) -> list[tuple[int, float]]:
 
 
 def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
-    """folder/<stem>-internalization.png (T=0 - adaptive and T=1 - adaptive over training),
+    """folder/<stem>-internalization.png (Attractor runs: T=0 - adaptive and T=1 - adaptive over training),
     <stem>-iterations.png (f evaluations per training step), <stem>-loss-vs-iters.png
     (final validation loss against evaluations per token). Returns the file names."""
     from attractor.plots import _pyplot, _save
@@ -140,7 +146,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     names = []
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rec in records.items():
-        evals = [e for e in rec["evals"] if "0" in e["sweep"]]
+        evals = [e for e in rec["evals"] if proposes(rec)]
         steps = [e["step"] for e in evals]
         for ax, k in ((ax0, "0"), (ax1, "1")):
             if evals:

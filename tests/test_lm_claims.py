@@ -112,11 +112,10 @@ def test_tables_from_records(runs):
     s = records["attractor-1m"]["evals"][-1]["sweep"]
     assert float(row[9]) == pytest.approx(s["0"] - s["adaptive"], abs=1e-4)  # gap column
     assert "deq-1m" in lm_report.token_table(recs)
-    gaps = lm_report.gap_table(recs).splitlines()
-    assert gaps[0] == "| run | step 0 | step 2 | step 4 |" and len(gaps) == 2 + 2
-    deq_row = next(line for line in gaps if "deq-1m" in line)
-    e = records["deq-1m"]["evals"][1]
-    assert f"{e['sweep']['0'] - e['sweep']['adaptive']:+.4f} / {e['adaptive']['n_evals']:.1f}" in deq_row
+    gaps = lm_report.gap_table(recs).splitlines()  # Attractor runs only: a DEQ's T=0 is its zero start
+    assert gaps[0] == "| run | step 0 | step 2 | step 4 |" and len(gaps) == 2 + 1
+    e = records["attractor-1m"]["evals"][1]
+    assert f"{e['sweep']['0'] - e['sweep']['adaptive']:+.4f} / {e['adaptive']['n_evals']:.1f}" in gaps[2]
 
 
 def test_report_rewrites_only_generated_blocks(runs, tmp_path):
@@ -124,13 +123,16 @@ def test_report_rewrites_only_generated_blocks(runs, tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text("# Hand text\n\n<!-- generated: sweep:g/ -->\nold\n<!-- end -->\n\nmore hand text\n"
                    "<!-- generated: plots:g/ -->\n<!-- end -->\n"
-                   "<!-- generated: gaps:g/attractor+g/deq -->\n<!-- end -->\n")
+                   "<!-- generated: gaps:g/attractor+g/deq -->\n<!-- end -->\n"
+                   "<!-- generated: tokens:g/attractor+g/deq -->\n<!-- end -->\n")
     lm_report.report(doc, root)
     text = doc.read_text()
     assert text.startswith("# Hand text\n") and "more hand text" in text and "old" not in text
     assert "| g/attractor-1m-s0-n4 |" in text
     gaps = text.split("gaps:g/attractor+g/deq -->\n")[1]
-    assert "g/attractor-1m-s0-n4" in gaps and "g/deq-1m-s0-n4" in gaps and "transformer" not in gaps
+    assert "g/attractor-1m-s0-n4" in gaps and "deq" not in gaps.split("<!-- end -->")[0]
+    tokens = text.split("tokens:g/attractor+g/deq -->\n")[1]  # both prefixes' records, no others
+    assert "g/attractor-1m-s0-n4" in tokens and "g/deq-1m-s0-n4" in tokens and "transformer" not in tokens
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == ["results-lm-g-internalization.png", "results-lm-g-iterations.png", "results-lm-g-loss-vs-iters.png"]
     lm_report.report(doc, root)  # idempotent
