@@ -99,6 +99,7 @@ class Spec:
 
 
 FAMILIES = ("transformer", "looped", "deq", "attractor")
+GROUPS = ("compare-1m", "compare-5m", "grad-1m", "knobs-1m", "stop-1m")
 # Point 2: the knobs, one at a time from attractor-1m's defaults (Anderson, tol 1e-3, u = v).
 GRADS = {"onestep": "grad=onestep", "neumann1": "grad=neumann grad.k=1",
          "phantom2": "grad=phantom grad.k=2", "implicit": "grad=implicit"}
@@ -123,10 +124,7 @@ def group(name: str, steps: int, seeds: list[int]) -> list[Spec]:
         return runs([(label, "attractor-1m", s) for label, s in KNOBS.items()])
     if name == "stop-1m":
         return runs([(f"stop-{unit}", "attractor-1m", f"stop={unit}") for unit in ("token", "sample")])
-    raise ConfigError(f"unknown group {name!r}; groups: compare-1m, compare-5m, grad-1m, knobs-1m, stop-1m")
-
-
-GROUPS = ("compare-1m", "compare-5m", "grad-1m", "knobs-1m", "stop-1m")
+    raise ConfigError(f"unknown group {name!r}; groups: {', '.join(GROUPS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +217,7 @@ def measure(model: nn.Module, val: list[tuple[Tensor, Tensor]]) -> dict:
         record = {"sweep": {str(r["iters"]): r["val_loss"] for r in sweep},
                   "adaptive": {k.removeprefix("val_"): v for k, v in adaptive.items() if k != "iters"},
                   "flops_per_token": realised_flops(model, adaptive)}
-        if equilibrium(model, val[0][0][:1]) is not None:
+        if isinstance(model, (AttractorLM, DEQLM)):
             record["contraction"] = contraction(model, val[0][0][:SPECTRAL_SEQS])
             record["per_token"] = token_difficulty(model, val[:TOKEN_BATCHES])
         return record
@@ -341,10 +339,10 @@ def speed(name: str, steps: int, seed: int, threads: int, rounds: int) -> dict:
     have_trained = all((CLAIMS / s.name / "latest").exists() for s in specs)
     trained = step_seconds(specs, rounds, warmup=2, trained=True) if have_trained else {}
     for spec in specs:
-        label = label_of(spec)
+        label, run = label_of(spec), spec.run_config()
         mean = (init[spec.name] + trained[spec.name]) / 2 if trained else init[spec.name]
         result["models"][label] = {"s_per_step_init": init[spec.name], "s_per_step_trained": trained.get(spec.name),
-                                   "s_per_step": mean, "tokens_per_s": 16 * 256 / mean,
+                                   "s_per_step": mean, "tokens_per_s": run.train.batch_size * run.model.seq_len / mean,
                                    "peak_mb": peak_memory(spec, threads)}
         print(f"{label}: {json.dumps(result['models'][label])}", flush=True)
     io.atomic_write_json(CLAIMS / name / "speed.json", result)
