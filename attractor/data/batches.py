@@ -37,7 +37,56 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torc
     return rows[:, :-1], rows[:, 1:]                                           # (b, T) each
 
 
-class TokenBatches:
+class SteppedBatches:
+    """Endless training batches whose global batch at step n is a pure function of (seed, n).
+
+    What every task's training batches share (TokenBatches here, the puzzle batches in
+    attractor/tasks/puzzles.py): rank r of w takes rows r::w of the global batch, and the position
+    {"seed", "step"} is the whole state, so a resume repeats the uninterrupted run. A subclass
+    says which rows make step n's global batch (`global_rows`) and how to read them (`fetch`).
+    """
+
+    def __init__(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.world_size = check_int(world_size, "world_size", minimum=1)
+        self.rank = check_int(rank, "rank", minimum=0)
+        if self.rank >= self.world_size:
+            raise ConfigError(f"rank={rank} must be below world_size={world_size}")
+        if self.batch_size % self.world_size:
+            raise ConfigError(f"batch_size={batch_size} (global) must be divisible by world_size={world_size}")
+        self.step = 0
+
+    def global_rows(self, step: int) -> np.ndarray:
+        """(batch_size,) what step `step`'s global batch reads, every rank's rows."""
+        raise NotImplementedError
+
+    def fetch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (inputs, targets) tensors of `rows` (this rank's share of a global batch)."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.global_rows(self.step)[self.rank::self.world_size]
+        self.step += 1
+        return self.fetch(rows)
+
+    def state_dict(self) -> dict:
+        """JSON-safe position: the batches after load_state_dict(this) are the ones that follow now."""
+        return {"seed": self.seed, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        name = type(self).__name__
+        if not isinstance(state, dict) or set(state) != {"seed", "step"}:
+            raise ConfigError(f"{name} state must be {{'seed', 'step'}}, got {state!r}")
+        if state["seed"] != self.seed:
+            raise ConfigError(f"{name} state has seed {state['seed']!r}, but these batches use seed {self.seed}")
+        self.step = check_int(state["step"], f"{name} step", minimum=0)
+
+
+class TokenBatches(SteppedBatches):
     """Endless random windows of seq_len + 1 tokens: next(batches) -> (idx, targets).
 
     Args:
@@ -52,42 +101,18 @@ class TokenBatches:
     """
 
     def __init__(self, tokens, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(batch_size, seed, rank, world_size)
         self.tokens = _as_numpy(tokens)
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.seq_len = check_int(seq_len, "seq_len", minimum=1)
-        self.seed = check_int(seed, "seed", minimum=0)
-        self.world_size = check_int(world_size, "world_size", minimum=1)
-        self.rank = check_int(rank, "rank", minimum=0)
-        if self.rank >= self.world_size:
-            raise ConfigError(f"rank={rank} must be below world_size={world_size}")
-        if self.batch_size % self.world_size:
-            raise ConfigError(f"batch_size={batch_size} (global) must be divisible by world_size={world_size}")
         _check_long_enough(self.tokens, self.seq_len, "training")
-        self.step = 0
 
-    def __iter__(self):
-        return self
-
-    def starts(self, step: int) -> np.ndarray:
-        """(batch_size,) window starts of the global batch at `step`, every rank's rows."""
+    def global_rows(self, step: int) -> np.ndarray:
+        """(batch_size,) window starts of the global batch at `step`."""
         rng = np.random.default_rng([self.seed, step])
         return rng.integers(0, len(self.tokens) - self.seq_len, size=self.batch_size)
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.starts(self.step)[self.rank::self.world_size]
-        self.step += 1
-        return _windows(self.tokens, starts, self.seq_len)
-
-    def state_dict(self) -> dict:
-        """JSON-safe position: the batches after load_state_dict(this) are the ones that follow now."""
-        return {"seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or set(state) != {"seed", "step"}:
-            raise ConfigError(f"TokenBatches state must be {{'seed', 'step'}}, got {state!r}")
-        if state["seed"] != self.seed:
-            raise ConfigError(f"TokenBatches state has seed {state['seed']!r}, but these batches use seed {self.seed}")
-        self.step = check_int(state["step"], "TokenBatches step", minimum=0)
+    def fetch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return _windows(self.tokens, rows, self.seq_len)
 
 
 def val_batches(tokens, batch_size: int, seq_len: int, max_batches: int | None = None

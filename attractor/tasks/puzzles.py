@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attractor.data.batches import SteppedBatches
 from attractor.data.puzzles import Split, load_puzzles
 from attractor.errors import ConfigError, check_int
 from attractor.schema import check_fields, require
@@ -66,7 +67,7 @@ def _rows(split: Split, index: np.ndarray) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(split.inputs[index].astype(np.int64)), scored_labels(split.labels[index])
 
 
-class PuzzleBatches:
+class PuzzleBatches(SteppedBatches):
     """Endless training batches in TRM's order: next(batches) -> (inputs, labels).
 
     Args:
@@ -80,15 +81,8 @@ class PuzzleBatches:
     """
 
     def __init__(self, split: Split, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(batch_size, seed, rank, world_size)
         self.split = split
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.seed = check_int(seed, "seed", minimum=0)
-        self.world_size = check_int(world_size, "world_size", minimum=1)
-        self.rank = check_int(rank, "rank", minimum=0)
-        if self.rank >= self.world_size:
-            raise ConfigError(f"rank={rank} must be below world_size={world_size}")
-        if self.batch_size % self.world_size:
-            raise ConfigError(f"batch_size={batch_size} (global) must be divisible by world_size={world_size}")
         if len(split) == 0:
             raise ConfigError("the training split has no puzzles")
         # Rows of each group, contiguous after a stable sort by group: group g owns
@@ -100,7 +94,6 @@ class PuzzleBatches:
             raise ConfigError(f"the training split's groups must be numbered 0..G-1 without gaps "
                               f"(group {int(np.argmin(self.size))} has no rows)")
         self.first = np.concatenate([[0], np.cumsum(self.size)[:-1]])
-        self.step = 0
         self._epoch, self._epoch_rows = -1, np.zeros(0, np.int64)
 
     @property
@@ -117,31 +110,15 @@ class PuzzleBatches:
             self._epoch, self._epoch_rows = epoch, rows[rng.permutation(self.groups)]
         return self._epoch_rows
 
-    def rows(self, step: int) -> np.ndarray:
+    def global_rows(self, step: int) -> np.ndarray:
         """(batch_size,) dataset rows of the global batch at `step`, every rank's."""
         positions = step * self.batch_size + np.arange(self.batch_size)
         epochs = positions // self.groups
         return np.concatenate([self.epoch_rows(int(e))[positions[epochs == e] % self.groups]
                                for e in np.unique(epochs)])
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[Tensor, Tensor]:
-        rows = self.rows(self.step)[self.rank::self.world_size]
-        self.step += 1
+    def fetch(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
         return _rows(self.split, rows)
-
-    def state_dict(self) -> dict:
-        """JSON-safe position: the batches after load_state_dict(this) are the ones that follow now."""
-        return {"seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or set(state) != {"seed", "step"}:
-            raise ConfigError(f"PuzzleBatches state must be {{'seed', 'step'}}, got {state!r}")
-        if state["seed"] != self.seed:
-            raise ConfigError(f"PuzzleBatches state has seed {state['seed']!r}, but these batches use seed {self.seed}")
-        self.step = check_int(state["step"], "PuzzleBatches step", minimum=0)
 
 
 class TestBatches:

@@ -56,7 +56,7 @@ def test_members_and_order_vary_across_epochs_and_seeds():
 def test_labels_map_pad_to_ignore_and_rows_match_the_split():
     split = synthetic_split()
     batches = PuzzleBatches(split, 4, seed=3)
-    rows = batches.rows(0)
+    rows = batches.global_rows(0)
     inputs, labels = next(batches)
     assert inputs.dtype == labels.dtype == torch.int64 and inputs.shape == labels.shape == (4, 5)
     expected = torch.from_numpy(split.labels[rows].astype(np.int64))
@@ -111,7 +111,7 @@ def test_a_built_dataset_loads_through_the_config(tmp_path):
     data = PuzzleDataConfig(str(tmp_path / "s")).load()
     batches = PuzzleBatches(data["train"], 4, seed=0)
     inputs, labels = next(batches)
-    assert sorted(data["train"].group[batches.rows(0)].tolist()) == [0, 1, 2, 3]
+    assert sorted(data["train"].group[batches.global_rows(0)].tolist()) == [0, 1, 2, 3]
     # Sudoku: inputs are blanks (1) or the solution's digit; labels score every cell
     assert ((inputs == 1) | (inputs == labels)).all() and (labels >= 2).all()
     with pytest.raises(ConfigError, match="needs a dataset"):
