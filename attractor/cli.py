@@ -35,10 +35,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     names = args.names or list(PRESETS)
     rows = [describe(n) for n in names]
-    print(f"{'preset':<18} {'family':<14} {'dense':>8} {'total':>8} {'GFLOP/tok':>10} {'+/iter':>8}")
+    wn, wf = max(len("preset"), *(len(r["name"]) for r in rows)), max(len("family"), *(len(r["family"]) for r in rows))
+    print(f"{'preset':<{wn}} {'family':<{wf}} {'dense':>8} {'total':>8} {'GFLOP/tok':>10} {'+/iter':>8}")
     for r in rows:
         per_iter = f"{r['flops_per_iter'] / 1e9:8.4f}" if r["flops_per_iter"] else f"{'-':>8}"
-        print(f"{r['name']:<18} {r['family']:<14} {r['dense'] / 1e6:7.2f}M {r['total'] / 1e6:7.2f}M "
+        print(f"{r['name']:<{wn}} {r['family']:<{wf}} {r['dense'] / 1e6:7.2f}M {r['total'] / 1e6:7.2f}M "
               f"{r['flops_base'] / 1e9:10.4f} {per_iter}")
     print("dense: parameters in matrix multiplies (the embedding lookup is excluded); GFLOP/tok: "
           "forward with no recurrent iterations; +/iter: each attractor evaluation or loop.")
