@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -57,6 +58,9 @@ def test_cli_lists_presets_and_rejects_typos(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(n in out for n in PRESETS) and "134.22M" in out
+    lines = out.splitlines()
+    starts = {re.search(r"\d\.\d\dM", line).end() for line in lines[1:len(PRESETS) + 1]}  # dense column's end
+    assert len(starts) == 1, "columns are not aligned"
     assert main(["models", "transfomer-1m"]) == 2
     assert "did you mean 'transformer-1m'" in capsys.readouterr().err
 
