@@ -134,8 +134,6 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         vocab, evaluator = data.tokenizer, evaluate
     val = validation(run, data)
     metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
-    bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
-    board = _Board(out, ckpt.step if ckpt is not None else 0) if rank == 0 else None
 
     def log_record(record: dict, path: Path) -> None:
         write_jsonl(path, record)
@@ -149,6 +147,9 @@ def train(run: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         progress=lambda r: bar.update(r),
     )
     trainer = Trainer(model, batches, val, run.train, callbacks, evaluate=evaluator)
+    # after the Trainer, which may still refuse the run: a refusal then prints no bar and writes nothing
+    bar = _progress_bar(run.train.steps, enabled=progress and rank == 0)
+    board = _Board(out, ckpt.step if ckpt is not None else 0) if rank == 0 else None
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         trainer.load_state_dict(ckpt.state)

@@ -211,6 +211,10 @@ class Trainer:
     def __init__(self, model: nn.Module, train_batches: Iterator[tuple[Tensor, Tensor]],
                  val_batches: Sequence[tuple[Tensor, Tensor]], cfg: TrainConfig, callbacks: Callbacks | None = None,
                  evaluate: Callable[..., dict] = evaluate):
+        if getattr(model, "carries_state", False) and cfg.grad_accum > 1:
+            raise ConfigError(f"grad_accum={cfg.grad_accum}: {type(model).__name__} carries its state from one call to "
+                              "the next, so micro-batches would be successive supervision steps, not one batch; "
+                              "use grad_accum=1 (more processes for a larger batch)")
         self.rank, self.world, local_rank = distributed()
         self.cfg, self.callbacks = cfg, callbacks or Callbacks()
         self.device = pick_device(cfg.device, local_rank)

@@ -150,6 +150,12 @@ def test_bad_puzzle_data_is_one_line_and_exit_2(capsys, tmp_path, sudoku4, extra
     assert not (tmp_path / "r").exists()
 
 
+def test_gradient_accumulation_is_refused_for_a_model_that_carries_state(capsys, tmp_path, sudoku4):
+    one_line_error(capsys, ["train", "trm-cpu", "--data", str(sudoku4), "--out", str(tmp_path / "r"), "--steps", "2",
+                            *sets("trm-cpu", "train.grad_accum=2")], "grad_accum=2")
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()
+
+
 def test_eval_flags_of_the_other_task_are_refused(capsys, trained):
     one_line_error(capsys, ["eval", str(trained), "--batches", "2"], "--puzzles")
     one_line_error(capsys, ["eval", str(trained), "--steps", "x"], "--steps")

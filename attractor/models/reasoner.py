@@ -150,6 +150,10 @@ class RecursiveReasoner(PuzzleModel):
     A subclass defines `recurse`: one supervision step's recursion from (z_H, z_L).
     """
 
+    # Every training call advances the carry one supervision step: the trainer refuses gradient
+    # accumulation, whose micro-batches would be successive steps of the same samples.
+    carries_state = True
+
     def __init__(self, cfg: ReasonerConfig):
         super().__init__(cfg.vocab_size, cfg.d)
         self.cfg = cfg
