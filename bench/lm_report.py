@@ -69,7 +69,7 @@ def comparison_table(records: dict[str, dict], speed_file: Path | None = None) -
                      math.exp(last["sweep"]["adaptive"]), _fmt(last["adaptive"].get("depth"), 1),
                      f"{last['flops_per_token'] / 1e6:.1f}M", _fmt(rec.get("tokens_per_s") or last["tokens_per_s"], 0),
                      _fmt(sp.get("tokens_per_s"), 0), _fmt(sp.get("peak_mb"), 0),
-                     _fmt(rec.get("train_s") or last["train_s"], 0) + ("" if rec.get("done") else " (running)")])
+                     _fmt(rec.get("train_s") or last["train_s"], 0) + ("" if rec.get("done") else " (unfinished)")])
     return markdown(["run", "dense params", "steps", "tokens", "val loss (nats/byte)", "val ppl",
                      "depth", "FLOPs/token", "tok/s (own run)", "tok/s (side by side)", "peak MB / step",
                      "train s"], rows)
