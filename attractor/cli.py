@@ -95,11 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         depths = parse_depths(args.iters)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    model, _, run, step = load_run(args.checkpoint)
+    model, vocab, run, step = load_run(args.checkpoint)
     if run.task == "puzzles":
-        return _eval_puzzles(args, model, run, step, depths)
-    if args.puzzles is not None:
-        raise ConfigError("--puzzles is for puzzle checkpoints; a language model takes --batches")
+        return _eval_puzzles(args, model, run, step, depths, vocab)
+    if args.puzzles is not None or args.data is not None:
+        raise ConfigError("--puzzles and --data are for puzzle checkpoints; a language model takes --batches")
     data = prepare(run.data, progress=False)
     if args.batches is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=args.batches))
@@ -124,8 +124,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[int | None]) -> int:
-    """`attractor eval` of a puzzle checkpoint: the sweeps of evaluate.puzzle_sweep on the test split."""
+def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[int | None], meta: dict) -> int:
+    """`attractor eval` of a puzzle checkpoint: the sweeps of evaluate.puzzle_sweep on the test
+    split of its dataset, or of another dataset of the same kind and geometry (`--data`)."""
     from attractor.evaluate import parse_depths, puzzle_sweep
     from attractor.run import load_data
     from attractor.tasks import test_batches
@@ -136,7 +137,14 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
         steps = parse_depths(args.steps, word="all", flag="--steps")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    test = test_batches(load_data(run)["test"], run.train.batch_size // run.train.grad_accum,
+    if args.data is not None:
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=args.data))
+    data = load_data(run)
+    geometry = ("kind", "box", "size", "seq_len", "vocab_size")
+    if any(data["meta"].get(k) != meta.get(k) for k in geometry):
+        mine, theirs = ({k: m[k] for k in geometry if k in m} for m in (meta, data["meta"]))
+        raise ConfigError(f"the dataset {run.data.source} holds {theirs}, the checkpoint's model was trained on {mine}")
+    test = test_batches(data["test"], run.train.batch_size // run.train.grad_accum,
                         _positive(args.puzzles, "--puzzles") if args.puzzles is not None else None)
     if test.n == 0:
         raise ConfigError(f"the dataset {run.data.source} has no test puzzles to evaluate")
@@ -299,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--iters", default="0,1,2,4,8,adaptive", help="depths to evaluate, comma-separated")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.add_argument("--puzzles", type=int, help="puzzle checkpoints: the first N test puzzles (default: all)")
+    ev.add_argument("--data", help="puzzle checkpoints: evaluate on this dataset's test split (same kind and "
+                    "geometry; default: the run's own dataset)")
     ev.add_argument("--steps", default="1,2,4,8", help="puzzle checkpoints with supervision steps (TRM, "
                     "AttractorReasoner): the steps to sweep, at the model's own depth ('all': halt_max_steps)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")

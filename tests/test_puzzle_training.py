@@ -16,7 +16,7 @@ from conftest import losses
 
 from attractor.cli import main
 from attractor.config import run_config
-from attractor.data.puzzles import build_sudoku
+from attractor.data.puzzles import build_maze, build_sudoku
 from attractor.evaluate import by_rating
 from attractor.run import load_run, train
 from attractor.train import Trainer
@@ -108,6 +108,15 @@ def test_eval_serves_puzzle_checkpoints(capsys, trained):
     assert row["val_cell"] == pytest.approx(cell.mean().item())
     assert main(["eval", "--checkpoint", str(trained)]) == 0
     assert "test puzzles" in capsys.readouterr().out
+
+
+def test_eval_on_another_dataset_of_the_same_geometry(capsys, tmp_path, trained, sudoku4):
+    other = build_sudoku(tmp_path / "other4", n_train=2, n_test=5, n_aug=0, seed=7, box=(2, 2))
+    assert main(["eval", str(trained), "--json", "--data", str(other)]) == 0
+    assert json.loads(capsys.readouterr().out)["puzzles"] == 5  # the other test split, not sudoku4's 6
+    maze4 = build_maze(tmp_path / "maze4", n_train=2, n_test=2, size=4, min_path=1)  # also length 16, vocab 6
+    one_line_error(capsys, ["eval", str(trained), "--data", str(maze4)], "'kind': 'maze'")
+    one_line_error(capsys, ["eval", str(trained), "--data", str(tmp_path / "none")], "none")
 
 
 def test_eval_sweeps_iterations_and_supervision_steps_of_a_recursive_model(capsys, trained_trm):
