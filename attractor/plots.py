@@ -14,7 +14,8 @@ from attractor.errors import ConfigError
 from attractor.io import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; a ConfigError (one line) without matplotlib."""
     try:
         import matplotlib
 
@@ -25,7 +26,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
+    """Write a figure atomically, in the format of the path's suffix (png by default)."""
     buffer = _bytes_io.BytesIO()
     fig.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -39,7 +41,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def plot_sweep(sweeps: dict[str, list[dict]], path: str | Path) -> None:
     """Validation loss against depth, one line per model; 'adaptive' drawn as a marker at its
     mean depth, depth-free models as a horizontal line. sweeps: {label: depth_sweep rows}."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in sweeps.items():
         fixed = [r for r in rows if r["iters"] != "adaptive"]
@@ -55,14 +57,14 @@ def plot_sweep(sweeps: dict[str, list[dict]], path: str | Path) -> None:
     ax.set_ylabel("validation loss (nats per token)")
     ax.set_title("Depth sweep")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def plot_training(runs: dict[str, str | Path], path: str | Path) -> None:
     """Training loss (left) and, for recurrent models, mean solver depth (right) against tokens,
     from each run directory's metrics.jsonl; validation losses as markers."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, depth_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for label, run_dir in runs.items():
         metrics, evals = read_jsonl(Path(run_dir) / "metrics.jsonl"), read_jsonl(Path(run_dir) / "eval.jsonl")
@@ -77,5 +79,5 @@ def plot_training(runs: dict[str, str | Path], path: str | Path) -> None:
     depth_ax.set_xlabel("training tokens")
     depth_ax.set_ylabel("solver steps of the slowest token (mean over the batch)")
     depth_ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -140,9 +140,9 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     """folder/<stem>-internalization.png (Attractor runs: T=0 - adaptive and T=1 - adaptive over training),
     <stem>-iterations.png (f evaluations per training step), <stem>-loss-vs-iters.png
     (final validation loss against evaluations per token). Returns the file names."""
-    from attractor.plots import _pyplot, _save
+    from attractor.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     names = []
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rec in records.items():
@@ -159,7 +159,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     fig.suptitle("Internalization over training: 0 means the proposal is the fixed point")
     fig.tight_layout()
     names.append(f"{stem}-internalization.png")
-    _save(fig, folder / names[-1])
+    save_figure(fig, folder / names[-1])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -171,7 +171,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     ax.set_ylabel("evaluations of f per training step")
     ax.legend(fontsize=7)
     names.append(f"{stem}-iterations.png")
-    _save(fig, folder / names[-1])
+    save_figure(fig, folder / names[-1])
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -182,7 +182,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     ax.set_ylabel("validation loss (nats/byte)")
     ax.legend(fontsize=7)
     names.append(f"{stem}-loss-vs-iters.png")
-    _save(fig, folder / names[-1])
+    save_figure(fig, folder / names[-1])
     plt.close(fig)
     return names
 
