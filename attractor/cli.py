@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         depths = parse_depths(args.iters)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    model, vocab, run, step = load_run(args.checkpoint)
+    model, vocab, run, step = load_run(args.checkpoint, settings=args.set)
     if run.task == "puzzles":
         return _eval_puzzles(args, model, run, step, depths, vocab)
     if args.puzzles is not None or args.data is not None:
@@ -311,6 +311,8 @@ def parser() -> argparse.ArgumentParser:
                     "geometry; default: the run's own dataset)")
     ev.add_argument("--steps", default="1,2,4,8", help="puzzle checkpoints with supervision steps (TRM, "
                     "AttractorReasoner): the steps to sweep, at the model's own depth ('all': halt_max_steps)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the saved config before evaluating, e.g. min_iter=1 or solver=picard (repeatable)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
 

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from attractor import io
-from attractor.config import RunConfig, check_dataset
+from attractor.config import RunConfig, apply_settings, check_dataset
 from attractor.data import TokenBatches, Tokenizer, prepare, tokenizer_from_json, val_batches
 from attractor.errors import ConfigError
 from attractor.evaluate import evaluate, evaluate_puzzles
@@ -42,8 +42,13 @@ def tokenizer_text(vocab: Tokenizer | dict) -> str:
     return json.dumps({"puzzles": vocab} if isinstance(vocab, dict) else vocab.to_json())
 
 
-def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer | dict, RunConfig, int]:
+def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: list[str] = ()
+             ) -> tuple[nn.Module, Tokenizer | dict, RunConfig, int]:
     """(model in eval mode, tokenizer, run config, step) of a checkpoint or run directory.
+
+    `settings` ('key=value', as `--set` takes them) change the saved config before the model is
+    built: the solve of an equilibrium model (`min_iter=1`, `tol=1e-5`, `solver=picard`) can differ
+    from training's; a setting that changes the weights' shapes is a CheckpointError.
 
     For a puzzle run the second item is the dataset's description (its dataset.json as a dict:
     "kind" 'sudoku' or 'maze', "seq_len", "vocab_size", "tokens", "box" or "size", "recipe",
@@ -51,7 +56,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[n
     the weights when train.ema is set).
     """
     ckpt = io.load_checkpoint(path, with_state=False)
-    run = RunConfig.from_dict(ckpt.config)
+    run = apply_settings(RunConfig.from_dict(ckpt.config), list(settings))
     with torch.device("meta"):
         model = from_config(run.model)
     try:

@@ -73,6 +73,17 @@ def test_eval_sweeps_depths(capsys, trained):
     one_line_error(capsys, 2, ["eval", "--checkpoint", str(out), "--iters", "0,deep"], "'deep'")
 
 
+def test_eval_with_other_solve_settings(capsys, trained):
+    out, _ = trained
+    assert main(["eval", str(out), "--iters", "adaptive", "--json", "--set", "min_iter=6", "--set", "max_iter=6"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["sweep"]
+    assert row["val_depth"] == 6 and row["val_n_evals"] == 7  # every token forced to 6 steps: 6 + 1 evaluations
+    assert main(["eval", str(out), "--iters", "adaptive", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sweep"][0]["val_depth"] < 6  # the saved solve stops earlier
+    one_line_error(capsys, 2, ["eval", str(out), "--set", "model.d=64"], "weights do not fit")
+    one_line_error(capsys, 2, ["eval", str(out), "--set", "min_iterz=1"], "min_iterz")
+
+
 def test_generate_continues_the_prompt(capsys, trained):
     out, _ = trained
     argv = ["generate", "--checkpoint", str(out), "--prompt", "the cat", "--max-new-tokens", "12", "--seed", "3"]
