@@ -144,6 +144,11 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
 
     plt = pyplot()
     names = []
+
+    def finish(fig, suffix: str) -> None:
+        names.append(f"{stem}-{suffix}.png")
+        save_figure(fig, folder / names[-1])
+        plt.close(fig)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for name, rec in records.items():
         evals = [e for e in rec["evals"] if proposes(rec)]
@@ -158,9 +163,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
         ax.legend(fontsize=7)
     fig.suptitle("Internalization over training: 0 means the proposal is the fixed point")
     fig.tight_layout()
-    names.append(f"{stem}-internalization.png")
-    save_figure(fig, folder / names[-1])
-    plt.close(fig)
+    finish(fig, "internalization")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rec in records.items():
@@ -170,9 +173,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     ax.set_xlabel("training step")
     ax.set_ylabel("evaluations of f per training step")
     ax.legend(fontsize=7)
-    names.append(f"{stem}-iterations.png")
-    save_figure(fig, folder / names[-1])
-    plt.close(fig)
+    finish(fig, "iterations")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rec in records.items():
@@ -181,9 +182,7 @@ def plots(records: dict[str, dict], folder: Path, stem: str) -> list[str]:
     ax.set_xlabel("evaluations of f per forward at validation (adaptive)")
     ax.set_ylabel("validation loss (nats/byte)")
     ax.legend(fontsize=7)
-    names.append(f"{stem}-loss-vs-iters.png")
-    save_figure(fig, folder / names[-1])
-    plt.close(fig)
+    finish(fig, "loss-vs-iters")
     return names
 
 
