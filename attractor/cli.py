@@ -154,16 +154,17 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
                           "task": "puzzles", "puzzles": test.n, "sweep": sweep["iters"], "steps_sweep": sweep["steps"]}))
         return 0
     print(f"{type(model).__name__} at step {step}, {test.n} test puzzles of {run.data.source}")
-    print(f"{'iters':>9} {'steps':>6} {'exact':>7} {'cell':>7} {'loss':>8} {'depth':>6} {'converged':>9}")
+    print(f"{'iters':>9} {'steps':>6} {'exact':>7} {'cell':>7} {'changed':>7} {'loss':>8} {'depth':>6} {'converged':>9}")
     for r in sweep["iters"] + sweep["steps"]:
         print(f"{r.get('iters', 'adaptive')!s:>9} {r.get('steps', 'all')!s:>6} {r['val_exact']:7.3f} {r['val_cell']:7.3f} "
+              f"{r['val_changed']:7.3f} "
               f"{r['val_loss']:8.4f} {r.get('val_depth', float('nan')):6.2f} {r.get('val_converged', float('nan')):9.3f}")
     for r in sweep["iters"]:  # the adaptive row carries these (attractor.evaluate.puzzle_sweep)
         if "val_residuals" in r:
             print("residuals (adaptive): " + ", ".join(f"{k}: {v}" for k, v in r["val_residuals"].items()))
         for b in r.get("by_rating", []):
             print(f"rating {b['rating'][0]}-{b['rating'][1]}: {b['puzzles']} puzzles, exact {b['exact']:.3f}, "
-                  f"cell {b['cell']:.3f}" + (f", depth {b['depth']:.2f}" if "depth" in b else ""))
+                  f"cell {b['cell']:.3f}, changed {b['changed']:.3f}" + (f", depth {b['depth']:.2f}" if "depth" in b else ""))
     return 0
 
 

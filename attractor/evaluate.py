@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from attractor.models.base import IGNORE_INDEX, ModelOutput
-from attractor.tasks.puzzles import cell_metrics
+from attractor.tasks.puzzles import cell_metrics, changed_metrics
 
 # Edges of the residual histogram (relative residual per token), decades from 1e-6 to 1.
 RESIDUAL_EDGES = [10.0**e for e in range(-6, 1)]
@@ -145,37 +145,49 @@ def evaluate_puzzles(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
             iterations per rating quartile (are harder puzzles slower?).
     Returns:
         val_loss (cell-weighted), val_exact (share of puzzles with every scored cell right),
-        val_cell (mean over puzzles of the share of cells right), val_puzzles, and for recurrent
+        val_cell (mean over puzzles of the share of cells right), val_changed (the same over the
+        cells the answer changes: Sudoku's blanks, a maze's path), val_puzzles, and for recurrent
         models val_depth, val_n_evals, val_converged (as `evaluate`).
     """
-    total, count, outs, exact, cell, depth = 0.0, 0, [], [], [], []
-    for targets, out in forwards(model, batches, iters=iters, steps=steps, device=device, autocast=autocast):
+    total, count, outs, exact, cell, changed, depth = 0.0, 0, [], [], [], [], []
+    inputs: list[Tensor] = []
+
+    def kept(batches):  # forwards consumes one batch per output: inputs[-1] is the current one
+        for idx, targets in batches:
+            inputs.append(idx)
+            yield idx, targets
+
+    for targets, out in forwards(model, kept(batches), iters=iters, steps=steps, device=device, autocast=autocast):
         n = int((targets != IGNORE_INDEX).sum())
         total += out.loss.float().item() * n
         count += n
         e, c = cell_metrics(out.logits, targets)
         exact.append(e.cpu())
         cell.append(c.cpu())
+        changed.append(changed_metrics(out.logits, inputs.pop().to(targets.device), targets).cpu())
         if out.depth is not None:
             depth.append(out.depth.cpu())
         outs.append(_stats_only(out))
-    exact, cell = torch.cat(exact).float(), torch.cat(cell)
+    exact, cell, changed = torch.cat(exact).float(), torch.cat(cell), torch.cat(changed)
     result = {"val_loss": total / max(count, 1), "val_exact": exact.mean().item(), "val_cell": cell.mean().item(),
-              "val_puzzles": len(exact)}
+              "val_changed": changed.mean().item(), "val_puzzles": len(exact)}
     result.update({f"val_{k}": v for k, v in depth_stats(outs).items()})
     if histogram and (hist := residual_histogram(outs)) is not None:
         result["val_residuals"] = hist
     if ratings is not None:
         result["by_rating"] = by_rating(np.asarray(ratings)[: len(exact)], exact.numpy(), cell.numpy(),
-                                        torch.cat(depth).float().numpy() if depth else None)
+                                        torch.cat(depth).float().numpy() if depth else None, changed.numpy())
     return result
 
 
-def by_rating(ratings: np.ndarray, exact: np.ndarray, cell: np.ndarray, depth: np.ndarray | None) -> list[dict]:
+def by_rating(ratings: np.ndarray, exact: np.ndarray, cell: np.ndarray, depth: np.ndarray | None,
+              changed: np.ndarray | None = None) -> list[dict]:
     """Accuracy (and mean depth) of puzzles grouped by rating quartile, easiest first.
 
-    Args: (N,) arrays per puzzle: rating, exact (0/1), cell accuracy, depth (None: no depth).
-    Returns: one dict per group: rating range [lo, hi], puzzles, exact, cell, and depth.
+    Args: (N,) arrays per puzzle: rating, exact (0/1), cell accuracy, depth (None: no depth),
+        accuracy on the changed cells (None: not given).
+    Returns: one dict per group: rating range [lo, hi], puzzles, exact, cell, changed (where
+        given) and depth.
     """
     edges = np.unique(np.quantile(ratings, [0.25, 0.5, 0.75], method="lower"))
     bins = np.searchsorted(edges, ratings, side="left")   # bin i: edges[i-1] < rating <= edges[i]
@@ -184,6 +196,8 @@ def by_rating(ratings: np.ndarray, exact: np.ndarray, cell: np.ndarray, depth: n
         mask = bins == b
         row = {"rating": [int(ratings[mask].min()), int(ratings[mask].max())], "puzzles": int(mask.sum()),
                "exact": float(exact[mask].mean()), "cell": float(cell[mask].mean())}
+        if changed is not None:
+            row["changed"] = float(changed[mask].mean())
         if depth is not None:
             row["depth"] = float(depth[mask].mean())
         rows.append(row)

@@ -100,12 +100,15 @@ def test_eval_serves_puzzle_checkpoints(capsys, trained):
     # the same numbers by hand from the served model
     model, _, run, _ = load_run(trained)
     from attractor.data.puzzles import load_puzzles
-    from attractor.tasks import cell_metrics, test_batches
+    from attractor.tasks import cell_metrics, changed_metrics, test_batches
 
     (inputs, labels), = test_batches(load_puzzles(run.data.source)["test"], 4, max_puzzles=4)
-    exact, cell = cell_metrics(model(inputs).logits, labels)
+    logits = model(inputs).logits
+    exact, cell = cell_metrics(logits, labels)
     assert row["val_exact"] == pytest.approx(exact.float().mean().item())
     assert row["val_cell"] == pytest.approx(cell.mean().item())
+    assert row["val_changed"] == pytest.approx(changed_metrics(logits, inputs, labels).mean().item())
+    assert "changed" in row["by_rating"][0]
     assert main(["eval", "--checkpoint", str(trained)]) == 0
     assert "test puzzles" in capsys.readouterr().out
 

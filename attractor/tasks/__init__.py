@@ -4,6 +4,6 @@ Imports data, never models or the trainer (STYLE.md section 2): a task knows tok
 labels, not how a model makes its logits.
 """
 
-from attractor.tasks.puzzles import PuzzleBatches, PuzzleDataConfig, cell_metrics, test_batches
+from attractor.tasks.puzzles import PuzzleBatches, PuzzleDataConfig, cell_metrics, changed_metrics, test_batches
 
-__all__ = ["PuzzleBatches", "PuzzleDataConfig", "cell_metrics", "test_batches"]
+__all__ = ["PuzzleBatches", "PuzzleDataConfig", "cell_metrics", "changed_metrics", "test_batches"]

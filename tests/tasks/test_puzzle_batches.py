@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from attractor.data.puzzles import Split, build_sudoku, load_puzzles
 from attractor.errors import ConfigError
-from attractor.tasks.puzzles import IGNORE_INDEX, PuzzleBatches, PuzzleDataConfig, cell_metrics, test_batches
+from attractor.tasks.puzzles import IGNORE_INDEX, PuzzleBatches, PuzzleDataConfig, cell_metrics, changed_metrics, test_batches
 
 
 def synthetic_split(groups: int = 7, members: int = 3, length: int = 5, seed: int = 0) -> Split:
@@ -130,3 +130,15 @@ def test_cell_metrics_against_hand_made_logits():
     torch.testing.assert_close(cell, torch.tensor([1.0, 2 / 3, 1.0]))
     with pytest.raises(ValueError, match="logits"):
         cell_metrics(logits[:, :2], labels)
+
+
+def test_changed_metrics_score_only_the_cells_the_answer_changes():
+    inputs = torch.tensor([[1, 2, 2, 1], [1, 2, 2, 1], [3, 3, 3, 3]])  # a maze-like row: 2 open, 5 the path
+    labels = torch.tensor([[1, 5, 5, 1], [1, 5, 5, 1], [3, 3, 3, IGNORE_INDEX]])
+    answer = torch.tensor([[1, 2, 2, 1], [1, 5, 2, 1], [3, 3, 3, 0]])  # row 0 copies its input
+    logits = torch.nn.functional.one_hot(answer, 6).float()
+    _, cell = cell_metrics(logits, labels)
+    torch.testing.assert_close(cell, torch.tensor([0.5, 0.75, 1.0]))
+    torch.testing.assert_close(changed_metrics(logits, inputs, labels), torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="inputs"):
+        changed_metrics(logits, inputs[:, :3], labels)
