@@ -67,11 +67,16 @@ def one_line_error(capsys, argv: list[str], match: str) -> None:
 
 
 def test_the_model_follows_the_dataset_and_gets_the_puzzle_defaults(sudoku4):
-    run = run_config("puzzle-transformer-cpu", data=str(sudoku4))
+    run = run_config("trm-7m", data=str(sudoku4))
     assert (run.model.seq_len, run.model.vocab_size) == (16, 6)  # 4x4 Sudoku: 16 cells, pad + blank + 4 digits
     assert (run.train.lr, run.train.weight_decay, run.train.ema, run.train.cooldown, run.train.matrix_optimizer) == (
-        1e-4, 1.0, 0.999, 0.0, "adamw")
-    assert run_config("puzzle-transformer-cpu", ["lr=1e-3"], data=str(sudoku4)).train.lr == 1e-3
+        1e-4, 1.0, 0.999, 0.0, "adamw")  # TRM's recipe
+    assert run_config("trm-7m", ["lr=1e-3"], data=str(sudoku4)).train.lr == 1e-3
+    for preset in ("puzzle-transformer-cpu", "trm-cpu", "attractor-reasoner-cpu"):  # short CPU runs
+        cpu = run_config(preset, data=str(sudoku4)).train
+        assert (cpu.batch_size, cpu.lr, cpu.weight_decay, cpu.ema, cpu.warmup, cpu.cooldown, cpu.matrix_optimizer) == (
+            64, 1e-3, 0.1, 0.99, 50, 0.0, "adamw")
+        assert run_config(preset, ["ema=0.999", "batch_size=8"], data=str(sudoku4)).train.ema == 0.999
     assert run_config("transformer-1m").train.ema is None  # the language models keep theirs
     assert type(run).from_dict(json.loads(json.dumps(run.to_dict()))) == run
 
