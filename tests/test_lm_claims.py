@@ -124,7 +124,8 @@ def test_report_rewrites_only_generated_blocks(runs, tmp_path):
     doc.write_text("# Hand text\n\n<!-- generated: sweep:g/ -->\nold\n<!-- end -->\n\nmore hand text\n"
                    "<!-- generated: plots:g/ -->\n<!-- end -->\n"
                    "<!-- generated: gaps:g/attractor+g/deq -->\n<!-- end -->\n"
-                   "<!-- generated: tokens:g/attractor+g/deq -->\n<!-- end -->\n")
+                   "<!-- generated: tokens:g/attractor+g/deq -->\n<!-- end -->\n"
+                   "<!-- generated: plots:g/attractor=named -->\n<!-- end -->\n")
     lm_report.report(doc, root)
     text = doc.read_text()
     assert text.startswith("# Hand text\n") and "more hand text" in text and "old" not in text
@@ -134,7 +135,11 @@ def test_report_rewrites_only_generated_blocks(runs, tmp_path):
     tokens = text.split("tokens:g/attractor+g/deq -->\n")[1]  # both prefixes' records, no others
     assert "g/attractor-1m-s0-n4" in tokens and "g/deq-1m-s0-n4" in tokens and "transformer" not in tokens
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["results-lm-g-internalization.png", "results-lm-g-iterations.png", "results-lm-g-loss-vs-iters.png"]
+    assert pngs == ["results-lm-g-internalization.png", "results-lm-g-iterations.png", "results-lm-g-loss-vs-iters.png",
+                    "results-lm-named-internalization.png", "results-lm-named-iterations.png",
+                    "results-lm-named-loss-vs-iters.png"]
+    named = text.split("plots:g/attractor=named -->\n")[1].split("<!-- end -->")[0]
+    assert named.count("results-lm-named-") == 6  # three images, each name twice
     lm_report.report(doc, root)  # idempotent
     assert doc.read_text() == text
 
