@@ -52,10 +52,10 @@ def residual_histogram(outs: list[ModelOutput]) -> dict | None:
 
 @torch.no_grad()
 def forwards(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: torch.device | None = None,
-             autocast=contextlib.nullcontext, **depth) -> Iterator[tuple[Tensor, ModelOutput]]:
-    """(targets, output) of each batch, in eval mode without gradients; the previous mode is
-    restored once the batches are done. `depth`: keywords passed on where not None (iters,
-    and steps for the recursive puzzle models)."""
+             autocast=contextlib.nullcontext, **depth) -> Iterator[tuple[Tensor, Tensor, ModelOutput]]:
+    """(inputs, targets, output) of each batch, moved to the device, in eval mode without
+    gradients; the previous mode is restored once the batches are done. `depth`: keywords passed
+    on where not None (iters, and steps for the recursive puzzle models)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -64,7 +64,7 @@ def forwards(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, devi
         for idx, targets in batches:
             idx, targets = idx.to(device), targets.to(device)
             with autocast():
-                yield targets, model(idx, targets, **knobs)
+                yield idx, targets, model(idx, targets, **knobs)
     finally:
         model.train(was_training)
 
@@ -82,7 +82,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, iter
     own rule) over `batches`, with the solve statistics of recurrent models. Runs in eval mode
     and restores the previous mode."""
     total, count, outs = 0.0, 0, []
-    for targets, out in forwards(model, batches, iters=iters, device=device, autocast=autocast):
+    for _, targets, out in forwards(model, batches, iters=iters, device=device, autocast=autocast):
         n = int((targets != IGNORE_INDEX).sum())
         total += out.loss.float().item() * n
         count += n
@@ -150,21 +150,14 @@ def evaluate_puzzles(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
         models val_depth, val_n_evals, val_converged (as `evaluate`).
     """
     total, count, outs, exact, cell, changed, depth = 0.0, 0, [], [], [], [], []
-    inputs: list[Tensor] = []
-
-    def kept(batches):  # forwards consumes one batch per output: inputs[-1] is the current one
-        for idx, targets in batches:
-            inputs.append(idx)
-            yield idx, targets
-
-    for targets, out in forwards(model, kept(batches), iters=iters, steps=steps, device=device, autocast=autocast):
+    for idx, targets, out in forwards(model, batches, iters=iters, steps=steps, device=device, autocast=autocast):
         n = int((targets != IGNORE_INDEX).sum())
         total += out.loss.float().item() * n
         count += n
         e, c = cell_metrics(out.logits, targets)
         exact.append(e.cpu())
         cell.append(c.cpu())
-        changed.append(changed_metrics(out.logits, inputs.pop().to(targets.device), targets).cpu())
+        changed.append(changed_metrics(out.logits, idx, targets).cpu())
         if out.depth is not None:
             depth.append(out.depth.cpu())
         outs.append(_stats_only(out))
