@@ -194,7 +194,7 @@ def section(spec_text: str, root: Path, folder: Path) -> str:
     """A generated block's text for 'KIND:PREFIX' (see the module docstring); plots go to folder.
     PREFIX may join several prefixes with '+' (compare-1m/attractor+grad-1m/)."""
     kind, _, prefix = spec_text.partition(":")
-    prefix, _, name = prefix.partition("=")
+    prefix, _, stem_name = prefix.partition("=")
     records = {name: rec for p in prefix.split("+") for name, rec in load_records(p, root).items()}
     if not records:
         return f"(no records under runs/claims/{prefix} yet)"
@@ -207,7 +207,7 @@ def section(spec_text: str, root: Path, folder: Path) -> str:
     if kind == "tokens":
         return token_table(records)
     if kind == "plots":
-        stem = "results-lm-" + re.sub(r"[^A-Za-z0-9.]+", "-", name or prefix).strip("-")
+        stem = "results-lm-" + re.sub(r"[^A-Za-z0-9.]+", "-", stem_name or prefix).strip("-")
         return "\n".join(f"![{n}]({n})" for n in plots(records, folder, stem))
     raise ConfigError(f"unknown generated section {spec_text!r}")
 

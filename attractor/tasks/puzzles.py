@@ -199,10 +199,6 @@ def changed_metrics(logits: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
     Returns:
         (B,) float32, the share of changed cells right (1 where the answer changes none).
     """
-    if logits.dim() != 3 or logits.shape[:2] != labels.shape or inputs.shape != labels.shape:
-        raise ValueError(f"logits must be (B, L, V) with inputs and labels (B, L), got {tuple(logits.shape)}, "
-                         f"{tuple(inputs.shape)} and {tuple(labels.shape)}")
-    changed = (labels != IGNORE_INDEX) & (labels != inputs)
-    right = (logits.argmax(-1) == labels) & changed
-    n = changed.sum(-1)
-    return torch.where(n > 0, right.sum(-1).float() / n.clamp(min=1), torch.ones(()))
+    if inputs.shape != labels.shape:
+        raise ValueError(f"inputs and labels must both be (B, L), got {tuple(inputs.shape)} and {tuple(labels.shape)}")
+    return cell_metrics(logits, labels.masked_fill(labels == inputs, IGNORE_INDEX))[1]  # score the changed cells only
