@@ -5,13 +5,24 @@ embeddings, QK-norm, ReLU^2 MLP of width 4d, no biases, attention through PyTorc
 `scaled_dot_product_attention` (whatever backend the device has), causal or bidirectional.
 Attractor blocks scale each residual branch by a per-channel gate sigmoid(raw) * gamma_max.
 
+The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) run as eager PyTorch ops with written-out
+backwards by default. Under `compiled_kernels()` (the trainer's `train.kernels=compiled`) each
+forward and each backward of them is one function compiled by torch.compile, so the passes over
+memory that eager mode makes one op at a time are fused: the same values up to rounding, faster
+on CPU (docs/benchmarks.md, "Hot path"), at the price of a compilation on first use (a C++
+compiler on CPU). Double backward and vmapped backwards (Jacobian penalties, jacrev) take the
+eager formulas either way.
+
 Dimension letters: B batch, T sequence, D width, H heads, K head size (D / H).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +40,10 @@ def rms_norm(x: Tensor) -> Tensor:
     """
     if x.dtype not in (torch.float32, torch.float64):
         return F.rms_norm(x, (x.size(-1),))
+    compiled = _compiled_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _RMSNorm.apply(x)[0]
-    return _scaled(x, _rms_scale(x))
+        return _RMSNorm.apply(x, compiled)[0]
+    return _kernel("rms_norm")(x)[0] if compiled else _scaled(x, _rms_scale(x))
 
 
 def _scaled(x: Tensor, r: Tensor) -> Tensor:
@@ -45,42 +57,53 @@ def _rms_scale(x: Tensor) -> Tensor:
     return torch.rsqrt(norm.square() / x.shape[-1] + torch.finfo(x.dtype).eps)
 
 
-class _RMSNorm(torch.autograd.Function):
-    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)).
+def _rms_backward(x: Tensor, y: Tensor, r: Tensor, g: Tensor) -> Tensor:
+    """dL/dx = r (g - y mean(g y)) of y = x r. Under create_graph it recomputes r and y from x, so
+    second derivatives (double backward, Jacobian penalties) are exact too."""
+    if torch.is_grad_enabled():
+        r = _rms_scale(x)
+        y = x * r
+        return r * (g - y * (g * y).mean(-1, keepdim=True))
+    c = r * (g * y).mean(-1, keepdim=True)  # (..., 1)
+    return (g * r).addcmul_(y, c, value=-1)  # r g - y r mean(g y); in place only on our own tensor
 
-    The backward is made of differentiable ops, and under create_graph it recomputes r from x, so
-    second derivatives (double backward, Jacobian penalties) are exact too.
-    """
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)); eager or compiled."""
 
     @staticmethod
-    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(x: Tensor, compiled: bool) -> tuple[Tensor, Tensor]:
+        if compiled:
+            return _kernel("rms_norm")(x)
         r = _rms_scale(x)
         return _scaled(x, r), r
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
-        (x,), (y, r) = inputs, output
+    def setup_context(ctx, inputs: tuple[Tensor, bool], output: tuple[Tensor, Tensor]) -> None:
+        (x, ctx.compiled), (y, r) = inputs, output
         ctx.mark_non_differentiable(r)
         # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
         # and ops on strided x were 3x slower here; the next Linear saves y anyway
         ctx.save_for_backward(x, y, r)
 
     @staticmethod
-    def backward(ctx, g: Tensor, _: Tensor) -> Tensor:
+    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None]:
         x, y, r = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: recompute from x, so r and y depend on x
-            r = _rms_scale(x)
-            y = x * r
-            return r * (g - y * (g * y).mean(-1, keepdim=True))
-        c = r * (g * y).mean(-1, keepdim=True)  # (..., 1)
-        return (g * r).addcmul_(y, c, value=-1)  # r g - y r mean(g y)
+        if ctx.compiled and _plain_backward(g):
+            return _kernel("rms_norm_backward")(g, y, r), None
+        return _rms_backward(x, y, r, g), None
 
 
 def relu_square(x: Tensor) -> Tensor:
     """ReLU(x)^2, the values of `F.relu(x).square()` bit for bit, with a written-out backward
     2 ReLU(x) g (autograd's own goes through pow and threshold backward)."""
+    compiled = _compiled_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _ReluSquare.apply(x)
+        return _ReluSquare.apply(x, compiled)
+    return _kernel("relu_square")(x) if compiled else _relu_square(x)
+
+
+def _relu_square(x: Tensor) -> Tensor:
     r = F.relu(x)
     return r.mul_(r)  # in place: one fresh (B, T, 4D) tensor, not two
 
@@ -89,20 +112,22 @@ class _ReluSquare(torch.autograd.Function):
     """Saves x, not ReLU(x): the backward recomputes ReLU(x) from x, so it is differentiable again."""
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:
-        r = F.relu(x)
-        return r.mul_(r)
+    def forward(x: Tensor, compiled: bool) -> Tensor:
+        return _kernel("relu_square")(x) if compiled else _relu_square(x)
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor], output: Tensor) -> None:
+    def setup_context(ctx, inputs: tuple[Tensor, bool], output: Tensor) -> None:
+        ctx.compiled = inputs[1]
         ctx.save_for_backward(inputs[0])
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> Tensor:
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: out of place, so autograd can record it
-            return 2 * F.relu(x) * g
-        return (F.relu(x) * g).mul_(2)  # in place only on our own tensor: g may be vmapped
+            return 2 * F.relu(x) * g, None
+        if ctx.compiled and _plain_backward(g):
+            return _kernel("relu_square_backward")(x, g), None
+        return (F.relu(x) * g).mul_(2), None  # in place only on our own tensor: g may be vmapped
 
 
 @functools.lru_cache(maxsize=32)
@@ -173,6 +198,133 @@ class _Rotary(torch.autograd.Function):
         return _rotate(g, cos, sin, sign=-1.0), None, None
 
 
+def norm_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
+    """QK-norm then RoPE, `rotary(rms_norm(x))`, on x (..., T, K) with positions on dim -2.
+
+    Eager, the two ops; under `compiled_kernels()`, one autograd Function whose forward and
+    backward are one compiled kernel each (the norm, the rotation and their backwards fused).
+    """
+    if not _compiled_for(x):
+        return rotary(rms_norm(x), base=base)
+    t, k = x.shape[-2], x.shape[-1]
+    if k % 2:
+        raise ValueError(f"rotary embeddings need an even head size, got {k}")
+    cos, sin = _rotary_tables(t, k, base, x.device, x.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _NormRotary.apply(x, cos, sin)[0]
+    return _kernel("norm_rotary")(x, cos, sin)[0]
+
+
+class _NormRotary(torch.autograd.Function):
+    """out = rotate(y), y = x r with RMSNorm's r; dL/dx = r (g' - y mean(g' y)) with g' the
+    rotation's adjoint applied to g (its transpose: the tables, rounded, are not exactly
+    orthogonal, so the inverse would be off by their rounding). Compiled only; double and
+    vmapped backwards take the eager formulas of _Rotary and _RMSNorm."""
+
+    @staticmethod
+    def forward(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        return _kernel("norm_rotary")(x, cos, sin)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: tuple[Tensor, Tensor]) -> None:
+        (x, cos, sin), (_, r) = inputs, output
+        ctx.mark_non_differentiable(r)
+        ctx.save_for_backward(x, r, cos, sin)
+
+    @staticmethod
+    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
+        x, r, cos, sin = ctx.saved_tensors
+        if _plain_backward(g):
+            return _kernel("norm_rotary_backward")(g, x, r, cos, sin), None, None
+        return _rms_backward(x, x * r, r, _rotate(g, cos, sin, sign=-1.0)), None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled kernels: the math of each elementwise forward and backward as one plain function,
+# which torch.compile fuses into one kernel (per shape; dynamic shapes after the first change).
+
+_COMPILED = False  # set by compiled_kernels()
+
+
+@contextlib.contextmanager
+def compiled_kernels(enabled: bool = True) -> Iterator[None]:
+    """Inside the context, RMSNorm, QK-norm + RoPE and ReLU^2 (float32/float64, outside
+    torch.compile and functorch transforms) run as torch.compile'd kernels; `enabled=False`
+    forces the eager ops. Process-wide, restored on exit. Entering with enabled=True compiles a
+    small kernel once and raises RuntimeError (one line) where torch.compile cannot work (on CPU,
+    no C++ compiler)."""
+    global _COMPILED
+    if enabled:
+        _check_compiler()
+    previous, _COMPILED = _COMPILED, enabled
+    try:
+        yield
+    finally:
+        _COMPILED = previous
+
+
+def _compiled_for(x: Tensor) -> bool:
+    return (_COMPILED and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"
+            and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active())
+
+
+def _plain_backward(g: Tensor) -> bool:
+    """Neither create_graph (the backward is differentiated again) nor a batched gradient (vmap:
+    torch.func.jacrev, or autograd.functional.jacobian(vectorize=True)'s legacy batching)."""
+    return (not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+            and not torch._C._functorch.is_legacy_batchedtensor(g))
+
+
+def _swap_halves(x: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([x[..., h:], x[..., :h]], dim=-1)
+
+
+def _rms_norm_math(x: Tensor) -> tuple[Tensor, Tensor]:
+    r = torch.rsqrt(x.square().mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
+    return x * r, r
+
+
+def _norm_rotary_math(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    y, r = _rms_norm_math(x)
+    # contiguous whatever x's strides (a permuted slice of qkv): attention runs faster on it
+    return (y * cos + _swap_halves(y) * sin).contiguous(), r
+
+
+def _norm_rotary_backward_math(g: Tensor, x: Tensor, r: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    g = g * cos - _swap_halves(g) * sin  # the rotation's transpose
+    y = x * r
+    return r * (g - y * (g * y).mean(-1, keepdim=True))
+
+
+_KERNEL_MATH = {
+    "rms_norm": _rms_norm_math,
+    "rms_norm_backward": lambda g, y, r: r * (g - y * (g * y).mean(-1, keepdim=True)),
+    "relu_square": lambda x: F.relu(x).square(),
+    "relu_square_backward": lambda x, g: 2 * F.relu(x) * g,
+    "norm_rotary": _norm_rotary_math,
+    "norm_rotary_backward": _norm_rotary_backward_math,
+}
+
+
+@functools.cache
+def _kernel(name: str) -> Callable[..., Any]:
+    """The compiled kernel `name`; it takes detached tensors (never differentiated through, and
+    tracing a non-leaf input would read its .grad, which warns)."""
+    compiled = torch.compile(_KERNEL_MATH[name], fullgraph=True)
+    return lambda *tensors: compiled(*(t.detach() for t in tensors))
+
+
+@functools.cache
+def _check_compiler() -> None:
+    try:  # its own function: a call of a real kernel at this shape would make it compile for dynamic shapes
+        torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(8))
+    except Exception as e:  # inductor's errors run to pages; the first line says what failed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RuntimeError(f"compiled kernels need a working torch.compile (on CPU: a C++ compiler): "
+                           f"{type(e).__name__}: {first}") from None
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with QK-norm and RoPE; causal or bidirectional."""
 
@@ -188,10 +340,10 @@ class Attention(nn.Module):
         b, t, d = x.shape
         h = self.n_head
         qk, v = self.qkv(x).split([2 * d, d], dim=-1)  # (B, T, 2D), (B, T, D); backward: one cat
-        # q and k normed and rotated together; the norm reads the strided slice once and writes
-        # (2, B, H, T, K) contiguous, so the rotation, attention and every backward op after it
-        # see contiguous tensors (strided operands made those ops 3x slower)
-        qk = rotary(rms_norm(qk.view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4)))  # (2, B, H, T, K)
+        # q and k normed and rotated together; eager, the norm reads the strided slice once and
+        # writes (2, B, H, T, K) contiguous, so the rotation, attention and every backward op after
+        # it see contiguous tensors (strided operands made those ops 3x slower)
+        qk = norm_rotary(qk.view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4))  # (2, B, H, T, K)
         q, k = qk.unbind(0)  # (B, H, T, K) each
         v = v.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, K)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_stats, evaluate
+from attractor.layers import compiled_kernels
 from attractor.models.base import ModelOutput
 from attractor.schema import check_fields, require
 
@@ -67,6 +68,10 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
+    # compiled: the blocks' elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) as torch.compile'd
+    # kernels during fit(), training and evaluation (attractor.layers.compiled_kernels; needs a C++
+    # compiler on CPU; float32/float64 only, so bf16 autocast keeps the eager ops)
+    kernels: Literal["eager", "compiled"] = "eager"
     ema: float | None = None  # decay of an average of the weights that evaluation and checkpoints serve; None: off
     # Wall-clock budget in seconds from the start of fit() (evaluations and checkpoints included):
     # the run ends after the step that crosses it, evaluated and checkpointed as at a last step;
@@ -227,6 +232,12 @@ class Trainer:
         self.net = self.ddp or self.model  # what the training step calls
         if cfg.compile:
             self.net = torch.compile(self.net)
+        if cfg.kernels == "compiled":
+            try:
+                with compiled_kernels():
+                    pass
+            except RuntimeError as e:
+                raise ConfigError(f"train.kernels=compiled: {e}") from None
         self.train_batches, self.val_batches, self.evaluate_fn = train_batches, val_batches, evaluate
         self.ema = EMA(self.model, cfg.ema) if cfg.ema is not None else None
         self.optimizers = make_optimizers(self.model, cfg)
@@ -305,6 +316,10 @@ class Trainer:
 
     def fit(self) -> None:
         """Train from the current step to cfg.steps, logging, evaluating and checkpointing."""
+        with compiled_kernels(self.cfg.kernels == "compiled"):
+            self._fit()
+
+    def _fit(self) -> None:
         cfg, cb = self.cfg, self.callbacks
         started = window_start = time.perf_counter()
         window_tokens = self.tokens

@@ -10,6 +10,8 @@ transformer-1m's sizes) and prints the median and the ratio to the group's first
   `--compile` `F.relu(x).square()` through torch.compile (needs a C++ compiler; 5-10 s to compile).
 - QK-norm + RoPE on q and k of one block (the (B, T, 2, H, K) slice of qkv): ours, and with
   `--compile` a textbook version through torch.compile.
+- With `--compile`, each group also times ours under `attractor.layers.compiled_kernels()` (the
+  trainer's `train.kernels=compiled`: a compiled forward and a compiled backward per part).
 - causal attention on (16, 4, 256, 32): the default SDPA backend (flash on CPU) against the math
   backend.
 
@@ -26,17 +28,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attractor.layers import relu_square, rms_norm, rotary
+from attractor.layers import compiled_kernels, norm_rotary, relu_square, rms_norm, rotary
 from bench.common import code_line, median, print_table, timed
 
 B, T, D, H = 16, 256, 128, 4
 
 
-def fwd_bwd(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor) -> Callable[[], None]:
-    """One forward of fn(x) and its backward with `grad`, as a thunk."""
+def fwd_bwd(fn: Callable[[Tensor], Tensor], x: Tensor, grad: Tensor, compiled: bool = False) -> Callable[[], None]:
+    """One forward of fn(x) and its backward with `grad`, as a thunk; `compiled`: inside
+    attractor.layers.compiled_kernels()."""
     def step() -> None:
         x.grad = None
-        fn(x).backward(grad)
+        with compiled_kernels(compiled):
+            fn(x).backward(grad)
     return step
 
 
@@ -77,16 +81,20 @@ def main() -> None:
 
     x, g = torch.randn(B, T, D, requires_grad=True), torch.randn(B, T, D)
     eps = torch.finfo(torch.float32).eps
-    print_table(f"RMSNorm on ({B}, {T}, {D})", header, side_by_side({
+    norm = {
         "ours (rms_norm)": fwd_bwd(rms_norm, x, g),
         "aten._fused_rms_norm": fwd_bwd(lambda t: torch.ops.aten._fused_rms_norm(t, [D], None, eps)[0], x, g),
         "F.layer_norm (GPT)": fwd_bwd(lambda t: F.layer_norm(t, (D,)), x, g),
-    }, args.repeats))
+    }
+    if args.compile:
+        norm["ours, compiled kernels"] = fwd_bwd(rms_norm, x, g, compiled=True)
+    print_table(f"RMSNorm on ({B}, {T}, {D})", header, side_by_side(norm, args.repeats))
 
     h, gh = torch.randn(B, T, 4 * D, requires_grad=True), torch.randn(B, T, 4 * D)
     mlp = {"ours (relu_square)": fwd_bwd(relu_square, h, gh), "F.gelu (GPT)": fwd_bwd(F.gelu, h, gh)}
     if args.compile:
         mlp["relu().square(), compiled"] = fwd_bwd(torch.compile(lambda t: F.relu(t).square(), dynamic=False), h, gh)
+        mlp["ours, compiled kernels"] = fwd_bwd(relu_square, h, gh, compiled=True)
     print_table(f"MLP activation on ({B}, {T}, {4 * D})", header, side_by_side(mlp, args.repeats))
 
     qkv = torch.randn(B, T, 3 * D, requires_grad=True)
@@ -95,6 +103,8 @@ def main() -> None:
     qk = {"ours (rotary(rms_norm))": fwd_bwd(slice_qk(lambda s: rotary(rms_norm(s.permute(2, 0, 3, 1, 4)))), qkv, gq)}
     if args.compile:
         qk["textbook, compiled"] = fwd_bwd(slice_qk(torch.compile(textbook_qk, dynamic=False)), qkv, gq)
+        qk["ours, compiled kernels (norm_rotary)"] = fwd_bwd(slice_qk(lambda s: norm_rotary(s.permute(2, 0, 3, 1, 4))),
+                                                            qkv, gq, compiled=True)
     print_table(f"QK-norm + RoPE on q and k, ({B}, {T}, 2, {H}, {D // H})", header, side_by_side(qk, args.repeats))
 
     q, k, v = (torch.randn(B, H, T, D // H, requires_grad=True) for _ in range(3))

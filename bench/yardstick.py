@@ -17,6 +17,11 @@ median of the per-round ratios (each round measures both models within a second 
 so load from other jobs cancels out better than in a ratio of medians). The loss of each model
 after the timed rounds is printed as a sanity check, not as a learning comparison.
 
+A third row, when torch.compile works here (on CPU: a C++ compiler), trains transformer-1m again
+with its elementwise parts as compiled kernels (`attractor.layers.compiled_kernels`, the
+trainer's `train.kernels=compiled`): the same model and values, the passes over memory fused.
+The first rounds compile (tens of seconds); the warm-up rounds absorb it. `--eager-only` drops it.
+
 `--profile` adds a torch.profiler table per model (top operators by self CPU time over a few
 steps), which is how the hot spots in docs/benchmarks.md were found.
 
@@ -26,11 +31,13 @@ Threads default to 2 (the yardstick was quoted at 2 threads); on the shared 2-co
 Run:  python -m bench.yardstick              3 warm-up rounds, median of 20 (~1 minute)
       python -m bench.yardstick --quick      1 warm-up round, median of 5
       python -m bench.yardstick --profile    also the profiler tables
+      python -m bench.yardstick --eager-only without the compiled-kernels row
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -41,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attractor.layers import compiled_kernels
 from attractor.models import build
 from bench.common import SEED, code_line, median, optimizer, print_table, seeded, timed, train_step
 
@@ -153,37 +161,59 @@ def text_batches(n: int) -> list[tuple[Tensor, Tensor]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def models() -> dict[str, nn.Module]:
-    return {"gpt (nanoGPT)": seeded(lambda: GPT(GPTConfig())),
-            "transformer-1m": seeded(lambda: build("transformer-1m"))}
+GPT_NAME, OURS, COMPILED = "gpt (nanoGPT)", "transformer-1m", "transformer-1m, compiled kernels"
 
 
-def measure(sizes: Sizes) -> tuple[dict[str, list[float]], dict[str, float]]:
-    nets = models()
+def models(compiled: bool) -> dict[str, nn.Module]:
+    nets = {GPT_NAME: seeded(lambda: GPT(GPTConfig())), OURS: seeded(lambda: build("transformer-1m"))}
+    if compiled:
+        nets[COMPILED] = seeded(lambda: build("transformer-1m"))
+    return nets
+
+
+def kernels(name: str) -> contextlib.AbstractContextManager:
+    """The context a model's steps run in: compiled kernels for the third row, else nothing."""
+    return compiled_kernels() if name == COMPILED else contextlib.nullcontext()
+
+
+def compiler_works() -> bool:
+    try:
+        with compiled_kernels():
+            return True
+    except RuntimeError as e:
+        print(f"no compiled-kernels row: {e}")
+        return False
+
+
+def measure(sizes: Sizes, compiled: bool) -> tuple[dict[str, list[float]], dict[str, float]]:
+    nets = models(compiled)
     opts = {k: optimizer(m) for k, m in nets.items()}
     seconds: dict[str, list[float]] = {k: [] for k in nets}
     loss = {}
     for i, (x, y) in enumerate(text_batches(sizes.warmup + sizes.steps)):
         for name, model in nets.items():
-            s, out = timed(lambda: train_step(model, opts[name], x, y))
+            with kernels(name):
+                s, out = timed(lambda: train_step(model, opts[name], x, y))
             loss[name] = out.loss.item()
             if i >= sizes.warmup:
                 seconds[name].append(s)
     return seconds, loss
 
 
-def profile(steps: int = 5) -> None:
+def profile(compiled: bool, steps: int = 5) -> None:
     """torch.profiler: the top operators by self CPU time of each model over `steps` training steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    batches = text_batches(steps + 1)
-    for name, model in models().items():
+    batches = text_batches(steps + 2)
+    for name, model in models(compiled).items():
         opt = optimizer(model)
-        train_step(model, opt, *batches[0])
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for x, y in batches[1:]:
+        with kernels(name):
+            for x, y in batches[:2]:  # warm-up (and compilation)
                 train_step(model, opt, x, y)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for x, y in batches[2:]:
+                    train_step(model, opt, x, y)
         print(f"\n### profile: {name}, {steps} training steps, top 20 operators by self CPU time\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
@@ -193,28 +223,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="1 warm-up round, median of 5")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print profiler tables")
+    parser.add_argument("--eager-only", action="store_true", help="no compiled-kernels row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
     command = "python -m bench.yardstick" + (" --quick" if args.quick else "") + \
-        (f" --threads {args.threads}" if args.threads != 2 else "")
+        (f" --threads {args.threads}" if args.threads != 2 else "") + (" --eager-only" if args.eager_only else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
-    seconds, loss = measure(sizes)
-    gpt, ours = seconds["gpt (nanoGPT)"], seconds["transformer-1m"]
-    paired = median([g / o for g, o in zip(gpt, ours)])  # ours tokens/s over the GPT's, per round
+    compiled = not args.eager_only and compiler_works()
+    seconds, loss = measure(sizes, compiled)
+    gpt = seconds[GPT_NAME]
     rows = []
     for name, s in seconds.items():
-        params = sum(p.numel() for p in models()[name].parameters())
+        params = sum(p.numel() for p in models(compiled)[name].parameters())
         rows.append([name, f"{params:,}", f"{median(s) * 1e3:.0f}", f"{TOKENS / median(s):,.0f}",
                      f"{median(gpt) / median(s):.2f}", f"{loss[name]:.2f}"])
     print_table(f"Training steps, batch {BATCH} x {SEQ} bytes, AdamW, models taking turns: median of "
                 f"{sizes.steps} after {sizes.warmup} warm-up", ["model", "params", "ms / step", "tokens/s",
                 "tokens/s vs gpt", f"loss at step {sizes.warmup + sizes.steps}"], rows)
-    print(f"transformer-1m / gpt tokens/s, median of per-round ratios: {paired:.2f} "
-          f"(range {min(g / o for g, o in zip(gpt, ours)):.2f} to {max(g / o for g, o in zip(gpt, ours)):.2f})")
+    for name, s in seconds.items():
+        if name != GPT_NAME:  # ours tokens/s over the GPT's, per round
+            ratios = [g / o for g, o in zip(gpt, s)]
+            print(f"{name} / gpt tokens/s, median of per-round ratios: {median(ratios):.2f} "
+                  f"(range {min(ratios):.2f} to {max(ratios):.2f})")
     if args.profile:
-        profile()
+        profile(compiled)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -15,7 +15,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attractor import layers
-from attractor.layers import Attention, Block, relu_square, rms_norm, rotary
+from attractor.layers import Attention, Block, compiled_kernels, norm_rotary, relu_square, rms_norm, rotary
+
+
+def compiler_or_skip() -> None:
+    try:
+        with compiled_kernels():
+            pass
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(params=["eager", "compiled"])
+def kernels(request):
+    """Run the test with the eager ops and again with the compiled kernels (skipped where
+    torch.compile cannot work), counting which compiled kernels ran."""
+    if request.param == "eager":
+        with compiled_kernels(False):
+            yield None
+        return
+    compiler_or_skip()
+    used: dict[str, int] = {}
+    kernel = layers._kernel
+
+    def counting(name: str):
+        used[name] = used.get(name, 0) + 1
+        return kernel(name)
+
+    with pytest.MonkeyPatch.context() as mp, compiled_kernels():
+        mp.setattr(layers, "_kernel", counting)
+        yield used
 
 
 def textbook_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
@@ -62,7 +91,7 @@ REL = {torch.float32: 1e-5, torch.float64: 1e-12}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("gate_init", [None, 0.5])
-def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init):
+def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init, kernels):
     block = seeded_block(dtype, causal, gate_init)
     x = torch.randn(3, 20, 32, dtype=dtype, generator=torch.Generator().manual_seed(1), requires_grad=True)
     w = torch.randn(3, 20, 32, dtype=dtype, generator=torch.Generator().manual_seed(2))
@@ -75,6 +104,9 @@ def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init):
         assert (a - b).abs().max() <= REL[dtype] * b.abs().max()
     with torch.no_grad():  # the no-grad path (solver iterations) gives the same values
         torch.testing.assert_close(block(x), ref, **TOL[dtype])
+    if kernels is not None:  # the compiled kernels did run, forward and backward
+        assert set(kernels) == {"rms_norm", "rms_norm_backward", "norm_rotary", "norm_rotary_backward",
+                                "relu_square", "relu_square_backward"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -162,9 +194,9 @@ def strided(shape: tuple[int, ...]) -> Tensor:
     return base[..., : shape[-1]].requires_grad_()
 
 
-@pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1)],
-                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim"])
-def test_first_and_second_derivatives(fn):
+@pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1), norm_rotary],
+                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary"])
+def test_first_and_second_derivatives(fn, kernels):
     """gradcheck and gradgradcheck: double backward (Jacobian penalties) must be exact too."""
     x = strided((2, 4, 2, 4))
     torch.autograd.gradcheck(fn, (x,))
@@ -172,7 +204,7 @@ def test_first_and_second_derivatives(fn):
 
 
 @torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)  # CPU flash attention has no
-def test_block_second_derivatives():  # double backward, with or without this change
+def test_block_second_derivatives(kernels):  # double backward, with or without this change
     block = seeded_block(torch.float64, d=8, n_head=2)
     x = torch.randn(1, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
     torch.autograd.gradgradcheck(block, (x,))
@@ -188,7 +220,7 @@ def test_block_second_derivatives():  # double backward, with or without this ch
 
 
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # functorch's fallback, SDPA's too
-def test_vectorized_jacobians_match():
+def test_vectorized_jacobians_match(kernels):
     """jacobian(vectorize=True) and torch.func.jacrev batch the backward's grad: in-place ops
     there must not mix batched and unbatched tensors."""
     block = seeded_block(torch.float64, d=8, n_head=2)
@@ -203,3 +235,38 @@ def test_attention_signature():
     assert attn(torch.randn(2, 3, 16)).shape == (2, 3, 16)
     with pytest.raises(ValueError, match="divisible"):
         Attention(10, 3, causal=True)
+
+
+def test_compiled_kernels_equal_eager_on_strided_input_and_restore_the_mode():
+    """q and k arrive as a permuted slice of qkv: the compiled norm + rotation must read it as
+    such, give the eager values and gradients, and write attention a contiguous tensor."""
+    compiler_or_skip()
+    gen = torch.Generator().manual_seed(9)
+    qkv = torch.randn(2, 12, 3 * 16, generator=gen, requires_grad=True)
+    qk = qkv[..., :32].view(2, 12, 2, 2, 8).permute(2, 0, 3, 1, 4)  # (2, B, H, T, K), strided
+    g = torch.randn(2, 2, 2, 12, 8, generator=gen)
+    eager = norm_rotary(qk)
+    (g_eager,) = torch.autograd.grad(eager, qkv, g)
+    with compiled_kernels():
+        assert layers._COMPILED
+        fused = norm_rotary(qk)
+        (g_fused,) = torch.autograd.grad(fused, qkv, g)
+        with compiled_kernels(False):
+            assert not layers._COMPILED
+        assert layers._COMPILED
+    assert not layers._COMPILED
+    assert fused.is_contiguous()
+    torch.testing.assert_close(fused, eager, **TOL[torch.float32])
+    torch.testing.assert_close(g_fused, g_eager, **TOL[torch.float32])
+
+
+def test_compiled_kernels_without_a_compiler_is_one_line(monkeypatch):
+    def broken() -> None:
+        raise RuntimeError("compiled kernels need a working torch.compile (on CPU: a C++ compiler): "
+                           "InductorError: no compiler")
+
+    monkeypatch.setattr(layers, "_check_compiler", broken)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+        with compiled_kernels():
+            pass
+    assert not layers._COMPILED

@@ -18,7 +18,7 @@ from attractor.cli import main
 from attractor.errors import ConfigError
 from attractor.config import run_config
 from attractor.run import train
-from attractor.train import NonFiniteError, Trainer, TrainConfig, make_optimizers, wsd
+from attractor.train import Callbacks, NonFiniteError, Trainer, TrainConfig, make_optimizers, wsd
 
 def test_wsd_schedule_warms_up_holds_and_cools_down():
     cfg = TrainConfig(steps=100, warmup=10, cooldown=0.5)
@@ -144,6 +144,53 @@ def test_accumulated_micro_batches_equal_one_batch():
     torch.testing.assert_close(torch.tensor(loss2), torch.tensor(loss1), rtol=1e-5, atol=1e-6)
     for a, b in zip(w1, w2):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
+    """train.kernels=compiled: the same losses and weights as the eager ops (to float32
+    rounding), the compiled kernels really used inside fit() and switched off after it."""
+    from attractor import layers
+    from attractor.models import from_config
+
+    try:
+        with layers.compiled_kernels():
+            pass
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    used = []
+    kernel = layers._kernel
+    monkeypatch.setattr(layers, "_kernel", lambda name: used.append(name) or kernel(name))
+    run = run_config("attractor-1m", ["model.d=32", "model.n_head=2", "model.n_backbone=1", "model.seq_len=8"])
+    results = {}
+    for kernels in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = from_config(run.model)
+        losses = []
+        cfg = TrainConfig(steps=3, batch_size=2, warmup=0, kernels=kernels, eval_every=None, checkpoint_every=None,
+                          log_every=1)
+        trainer = Trainer(model, Batches(), [], cfg, Callbacks(log=lambda r: losses.append(r["loss"])))
+        trainer.fit()
+        results[kernels] = losses, [p.detach().clone() for p in model.parameters()]
+        assert bool(used) == (kernels == "compiled") and not layers._COMPILED
+    (l_eager, w_eager), (l_compiled, w_compiled) = results["eager"], results["compiled"]
+    assert len(l_eager) == 3
+    torch.testing.assert_close(torch.tensor(l_compiled), torch.tensor(l_eager), rtol=1e-5, atol=1e-6)
+    for a, b in zip(w_compiled, w_eager):  # AdamW scales a near-zero gradient's rounding up to an update
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_kernels_without_a_compiler_is_a_config_error(monkeypatch):
+    from attractor import layers
+    from attractor.models import build
+
+    def broken() -> None:
+        raise RuntimeError("compiled kernels need a working torch.compile (on CPU: a C++ compiler): no compiler")
+
+    monkeypatch.setattr(layers, "_check_compiler", broken)
+    with pytest.raises(ConfigError, match="^train.kernels=compiled: .*C\\+\\+ compiler"):
+        Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled"))
+    with pytest.raises(ConfigError, match="kernels"):
+        TrainConfig(kernels="fused")
 
 
 class Killed(Exception):
