@@ -6,12 +6,12 @@ embeddings, QK-norm, ReLU^2 MLP of width 4d, no biases, attention through PyTorc
 Attractor blocks scale each residual branch by a per-channel gate sigmoid(raw) * gamma_max.
 
 The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) run as eager PyTorch ops with written-out
-backwards by default. Under `compiled_kernels()` (the trainer's `train.kernels=compiled`) each
-forward and each backward of them is one function compiled by torch.compile, so the passes over
-memory that eager mode makes one op at a time are fused: the same values up to rounding, faster
-on CPU (docs/benchmarks.md, "Hot path"), at the price of a compilation on first use (a C++
-compiler on CPU). Double backward and vmapped backwards (Jacobian penalties, jacrev) take the
-eager formulas either way.
+backwards by default. Under `compiled_kernels()` (the trainer's `train.kernels=compiled`) the
+forward and the backward of QK-norm + RoPE, and of ReLU^2, are one torch.compile'd function each,
+so the passes over memory that eager mode makes one op at a time are fused: the same values up to
+rounding, at the price of a compilation on first use (a C++ compiler on CPU); how much faster is
+in docs/benchmarks.md, "Hot path". Double backward and vmapped backwards (Jacobian penalties,
+jacrev) take the eager formulas either way.
 
 Dimension letters: B batch, T sequence, D width, H heads, K head size (D / H).
 """
@@ -40,10 +40,9 @@ def rms_norm(x: Tensor) -> Tensor:
     """
     if x.dtype not in (torch.float32, torch.float64):
         return F.rms_norm(x, (x.size(-1),))
-    compiled = _compiled_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _RMSNorm.apply(x, compiled)[0]
-    return _kernel("rms_norm")(x)[0] if compiled else _scaled(x, _rms_scale(x))
+        return _RMSNorm.apply(x)[0]
+    return _scaled(x, _rms_scale(x))
 
 
 def _scaled(x: Tensor, r: Tensor) -> Tensor:
@@ -69,29 +68,29 @@ def _rms_backward(x: Tensor, y: Tensor, r: Tensor, g: Tensor) -> Tensor:
 
 
 class _RMSNorm(torch.autograd.Function):
-    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)); eager or compiled."""
+    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)).
+
+    Eager under compiled_kernels() too: a compiled RMSNorm on (B, T, D) was no faster here
+    (bench/elementwise.py --compile).
+    """
 
     @staticmethod
-    def forward(x: Tensor, compiled: bool) -> tuple[Tensor, Tensor]:
-        if compiled:
-            return _kernel("rms_norm")(x)
+    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
         r = _rms_scale(x)
         return _scaled(x, r), r
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor, bool], output: tuple[Tensor, Tensor]) -> None:
-        (x, ctx.compiled), (y, r) = inputs, output
+    def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
+        (x,), (y, r) = inputs, output
         ctx.mark_non_differentiable(r)
         # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
         # and ops on strided x were 3x slower here; the next Linear saves y anyway
         ctx.save_for_backward(x, y, r)
 
     @staticmethod
-    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx, g: Tensor, _: Tensor) -> Tensor:
         x, y, r = ctx.saved_tensors
-        if ctx.compiled and _plain_backward(g):
-            return _kernel("rms_norm_backward")(g, y, r), None
-        return _rms_backward(x, y, r, g), None
+        return _rms_backward(x, y, r, g)
 
 
 def relu_square(x: Tensor) -> Tensor:
@@ -248,7 +247,7 @@ _COMPILED = False  # set by compiled_kernels()
 
 @contextlib.contextmanager
 def compiled_kernels(enabled: bool = True) -> Iterator[None]:
-    """Inside the context, RMSNorm, QK-norm + RoPE and ReLU^2 (float32/float64, outside
+    """Inside the context, QK-norm + RoPE and ReLU^2 (float32/float64, outside
     torch.compile and functorch transforms) run as torch.compile'd kernels; `enabled=False`
     forces the eager ops. Process-wide, restored on exit. Entering with enabled=True compiles a
     small kernel once and raises RuntimeError (one line) where torch.compile cannot work (on CPU,
@@ -298,8 +297,6 @@ def _norm_rotary_backward_math(g: Tensor, x: Tensor, r: Tensor, cos: Tensor, sin
 
 
 _KERNEL_MATH = {
-    "rms_norm": _rms_norm_math,
-    "rms_norm_backward": lambda g, y, r: r * (g - y * (g * y).mean(-1, keepdim=True)),
     "relu_square": lambda x: F.relu(x).square(),
     "relu_square_backward": lambda x, g: 2 * F.relu(x) * g,
     "norm_rotary": _norm_rotary_math,

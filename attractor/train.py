@@ -68,7 +68,7 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
-    # compiled: the blocks' elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) as torch.compile'd
+    # compiled: two of the blocks' elementwise parts (QK-norm + RoPE, ReLU^2) as torch.compile'd
     # kernels during fit(), training and evaluation (attractor.layers.compiled_kernels; needs a C++
     # compiler on CPU; float32/float64 only, so bf16 autocast keeps the eager ops)
     kernels: Literal["eager", "compiled"] = "eager"
