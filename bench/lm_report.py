@@ -8,7 +8,8 @@ holds hand-written text and generated blocks
     <!-- end -->
 
 which `python -m bench.lm_claims report` rewrites from the records whose run name starts with
-PREFIX (several joined by '+'): KIND is `table` (point 1: loss, FLOPs, speed, memory), `sweep` (point 2: the depth sweep
+PREFIX, or matches it where it holds a `*` (several joined by '+'; `compare-1m/*-n300` selects
+one budget's runs of a group): KIND is `table` (point 1: loss, FLOPs, speed, memory), `sweep` (point 2: the depth sweep
 at the last evaluation, the gap proposal - fixed point, spectral radii), `gaps` (point 2 over
 training: that gap, evaluations per forward and spectral radius at every evaluation), `tokens` (point 3:
 per-token steps against loss) or `plots` (internalization and iterations over training, loss
@@ -18,6 +19,7 @@ block says `plots:PREFIX=NAME`).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
@@ -36,11 +38,12 @@ def run_label(name: str) -> str:
 
 
 def load_records(prefix: str = "", root: Path = CLAIMS) -> dict[str, dict]:
-    """{run name: record} of every claims.json under root whose run name starts with prefix."""
+    """{run name: record} of every claims.json under root whose run name starts with prefix, or,
+    where prefix holds a `*`, matches it as a pattern (`compare-1m/*-n300`: one budget's runs)."""
     records = {}
     for path in sorted(root.glob("**/claims.json")):
         name = str(path.parent.relative_to(root))
-        if name.startswith(prefix):
+        if fnmatch.fnmatchcase(name, prefix) if "*" in prefix else name.startswith(prefix):
             records[name] = json.loads(path.read_text())
     return records
 
@@ -102,12 +105,11 @@ def proposes(rec: dict) -> bool:
 def gap_table(records: dict[str, dict]) -> str:
     """Point 2 over training, Attractor runs: at each evaluation step, T=0 - adaptive loss / f
     evaluations per forward / spectral radius at y* (median over the measured sequences)."""
-    steps = sorted({e["step"] for rec in records.values() for e in rec["evals"]})
+    shown = {name: rec for name, rec in records.items() if proposes(rec)}
+    steps = sorted({e["step"] for rec in shown.values() for e in rec["evals"]})  # the shown runs' steps only
     rows = []
-    for name, rec in records.items():
-        at = {e["step"]: e for e in rec["evals"] if proposes(rec)}
-        if not at:
-            continue
+    for name, rec in shown.items():
+        at = {e["step"]: e for e in rec["evals"]}
         cells = []
         for step in steps:
             e = at.get(step)

@@ -116,6 +116,10 @@ def test_tables_from_records(runs):
     assert gaps[0] == "| run | step 0 | step 2 | step 4 |" and len(gaps) == 2 + 1
     e = records["attractor-1m"]["evals"][1]
     assert f"{e['sweep']['0'] - e['sweep']['adaptive']:+.4f} / {e['adaptive']['n_evals']:.1f}" in gaps[2]
+    # columns are the shown runs' steps: another budget's DEQ or transformer adds none
+    other = {name: {**rec, "evals": [{**e, "step": e["step"] + 1} for e in rec["evals"]]}
+             for name, rec in recs.items() if "attractor" not in name}
+    assert lm_report.gap_table({**recs, **{n + "x": r for n, r in other.items()}}).splitlines()[0] == gaps[0]
 
 
 def test_report_rewrites_only_generated_blocks(runs, tmp_path):
@@ -142,6 +146,14 @@ def test_report_rewrites_only_generated_blocks(runs, tmp_path):
     assert named.count("results-lm-named-") == 6  # three images, each name twice
     lm_report.report(doc, root)  # idempotent
     assert doc.read_text() == text
+
+
+def test_a_prefix_with_a_star_is_a_pattern(runs):
+    root, _ = runs
+    assert set(lm_report.load_records("g/*-n4", root)) == {f"g/{p}-s0-n4" for p in SHAPES}
+    assert set(lm_report.load_records("g/*m-s0-n4", root)) == {f"g/{p}-s0-n4" for p in SHAPES}
+    assert lm_report.load_records("g/*-n40", root) == {}  # a pattern matches the whole name
+    assert set(lm_report.load_records("g/deq*", root)) == {"g/deq-1m-s0-n4"}
 
 
 @settings(max_examples=30, deadline=None)
