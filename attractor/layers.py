@@ -254,7 +254,7 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
     no C++ compiler)."""
     global _COMPILED
     if enabled:
-        _check_compiler()
+        check_compiler()
     previous, _COMPILED = _COMPILED, enabled
     try:
         yield
@@ -279,13 +279,9 @@ def _swap_halves(x: Tensor) -> Tensor:
     return torch.cat([x[..., h:], x[..., :h]], dim=-1)
 
 
-def _rms_norm_math(x: Tensor) -> tuple[Tensor, Tensor]:
-    r = torch.rsqrt(x.square().mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
-    return x * r, r
-
-
 def _norm_rotary_math(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    y, r = _rms_norm_math(x)
+    r = torch.rsqrt(x.square().mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
+    y = x * r
     # contiguous whatever x's strides (a permuted slice of qkv): attention runs faster on it
     return (y * cos + _swap_halves(y) * sin).contiguous(), r
 
@@ -313,7 +309,9 @@ def _kernel(name: str) -> Callable[..., Any]:
 
 
 @functools.cache
-def _check_compiler() -> None:
+def check_compiler() -> None:
+    """Raise RuntimeError (one line) where torch.compile cannot build a kernel (on CPU: no C++
+    compiler); the check compiles a tiny function once per process."""
     try:  # its own function: a call of a real kernel at this shape would make it compile for dynamic shapes
         torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(8))
     except Exception as e:  # inductor's errors run to pages; the first line says what failed

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_stats, evaluate
-from attractor.layers import compiled_kernels
+from attractor.layers import check_compiler, compiled_kernels
 from attractor.models.base import ModelOutput
 from attractor.schema import check_fields, require
 
@@ -234,8 +234,7 @@ class Trainer:
             self.net = torch.compile(self.net)
         if cfg.kernels == "compiled":
             try:
-                with compiled_kernels():
-                    pass
+                check_compiler()
             except RuntimeError as e:
                 raise ConfigError(f"train.kernels=compiled: {e}") from None
         self.train_batches, self.val_batches, self.evaluate_fn = train_batches, val_batches, evaluate

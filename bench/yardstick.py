@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.layers import compiled_kernels
+from attractor.layers import check_compiler, compiled_kernels
 from attractor.models import build
 from bench.common import SEED, code_line, median, optimizer, print_table, seeded, timed, train_step
 
@@ -178,15 +178,14 @@ def kernels(name: str) -> contextlib.AbstractContextManager:
 
 def compiler_works() -> bool:
     try:
-        with compiled_kernels():
-            return True
+        check_compiler()
+        return True
     except RuntimeError as e:
         print(f"no compiled-kernels row: {e}")
         return False
 
 
-def measure(sizes: Sizes, compiled: bool) -> tuple[dict[str, list[float]], dict[str, float]]:
-    nets = models(compiled)
+def measure(nets: dict[str, nn.Module], sizes: Sizes) -> tuple[dict[str, list[float]], dict[str, float]]:
     opts = {k: optimizer(m) for k, m in nets.items()}
     seconds: dict[str, list[float]] = {k: [] for k in nets}
     loss = {}
@@ -232,12 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         (f" --threads {args.threads}" if args.threads != 2 else "") + (" --eager-only" if args.eager_only else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
     compiled = not args.eager_only and compiler_works()
-    seconds, loss = measure(sizes, compiled)
+    nets = models(compiled)
+    params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}  # before training
+    seconds, loss = measure(nets, sizes)
     gpt = seconds[GPT_NAME]
     rows = []
     for name, s in seconds.items():
-        params = sum(p.numel() for p in models(compiled)[name].parameters())
-        rows.append([name, f"{params:,}", f"{median(s) * 1e3:.0f}", f"{TOKENS / median(s):,.0f}",
+        n = params[name]
+        rows.append([name, f"{n:,}", f"{median(s) * 1e3:.0f}", f"{TOKENS / median(s):,.0f}",
                      f"{median(gpt) / median(s):.2f}", f"{loss[name]:.2f}"])
     print_table(f"Training steps, batch {BATCH} x {SEQ} bytes, AdamW, models taking turns: median of "
                 f"{sizes.steps} after {sizes.warmup} warm-up", ["model", "params", "ms / step", "tokens/s",

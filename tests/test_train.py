@@ -180,13 +180,13 @@ def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
 
 
 def test_compiled_kernels_without_a_compiler_is_a_config_error(monkeypatch):
-    from attractor import layers
+    from attractor import train as train_module
     from attractor.models import build
 
     def broken() -> None:
         raise RuntimeError("compiled kernels need a working torch.compile (on CPU: a C++ compiler): no compiler")
 
-    monkeypatch.setattr(layers, "_check_compiler", broken)
+    monkeypatch.setattr(train_module, "check_compiler", broken)
     with pytest.raises(ConfigError, match="^train.kernels=compiled: .*C\\+\\+ compiler"):
         Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled"))
     with pytest.raises(ConfigError, match="kernels"):
