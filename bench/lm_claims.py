@@ -329,18 +329,20 @@ def step_seconds(specs: list[Spec], rounds: int, warmup: int, trained: bool) -> 
 
 
 def speed(name: str, steps: int, seed: int, threads: int, rounds: int) -> dict:
-    """runs/claims/<group>/speed.json: side-by-side s/step (init, and trained where the
-    equal-step runs exist) and each model's peak training-step memory."""
+    """runs/claims/<group>/speed.json: side-by-side s/step (init, and trained for each model
+    whose equal-step run exists) and each model's peak training-step memory."""
     torch.set_num_threads(threads)
     specs = group(name, steps, [seed])
     result = {"steps_of_trained": steps, "threads": threads, "rounds": rounds, "models": {}}
     init = step_seconds(specs, rounds, warmup=2, trained=False)
     print("s/step at initialisation: " + json.dumps(init), flush=True)
-    have_trained = all((CLAIMS / s.name / "latest").exists() for s in specs)
-    trained = step_seconds(specs, rounds, warmup=2, trained=True) if have_trained else {}
+    finished = [s for s in specs if (CLAIMS / s.name / "latest").exists()]
+    trained = step_seconds(finished, rounds, warmup=2, trained=True) if finished else {}
+    if trained:
+        print("s/step trained: " + json.dumps(trained), flush=True)
     for spec in specs:
         label, run = label_of(spec), spec.run_config()
-        mean = (init[spec.name] + trained[spec.name]) / 2 if trained else init[spec.name]
+        mean = (init[spec.name] + trained[spec.name]) / 2 if spec.name in trained else init[spec.name]
         result["models"][label] = {"s_per_step_init": init[spec.name], "s_per_step_trained": trained.get(spec.name),
                                    "s_per_step": mean, "tokens_per_s": run.train.batch_size * run.model.seq_len / mean,
                                    "peak_mb": peak_memory(spec, threads)}

@@ -189,6 +189,29 @@ def test_wallclock_steps_follow_the_side_by_side_speed(tmp_path, monkeypatch):
     assert {lm_report.run_label(s.name): s.steps for s in specs} == {k: round(100 / v) for k, v in speeds.items()}
 
 
+def test_speed_averages_in_the_trained_cost_of_each_finished_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(lm_claims, "CLAIMS", tmp_path)
+    specs = lm_claims.group("compare-1m", 10, [0])
+    finished = {s.name for s in specs if "looped" not in s.name}  # looped not trained yet
+    for name in finished:
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "latest").write_text("step_10")
+    timed = []
+
+    def fake_seconds(specs, rounds, warmup, trained):
+        timed.append((trained, {s.name for s in specs}))
+        return {s.name: (3.0 if trained else 1.0) for s in specs}
+
+    monkeypatch.setattr(lm_claims, "step_seconds", fake_seconds)
+    monkeypatch.setattr(lm_claims, "peak_memory", lambda spec, threads: 100.0)
+    result = lm_claims.speed("compare-1m", 10, 0, threads=torch.get_num_threads(), rounds=2)
+    assert timed == [(False, {s.name for s in specs}), (True, finished)]  # only finished runs re-timed
+    models = result["models"]
+    assert models["looped-1m"]["s_per_step"] == 1.0 and models["looped-1m"]["s_per_step_trained"] is None
+    assert models["attractor-1m"]["s_per_step"] == 2.0 and models["attractor-1m"]["s_per_step_trained"] == 3.0
+    assert json.loads((tmp_path / "compare-1m" / "speed.json").read_text())["models"] == models
+
+
 def test_jacobian_penalty_adds_to_the_training_loss_only():
     torch.manual_seed(0)
     plain = build("attractor-1m", d=32, seq_len=16, n_backbone=1)
