@@ -6,27 +6,25 @@ embeddings, QK-norm, ReLU^2 MLP of width 4d, no biases, attention through PyTorc
 Attractor blocks scale each residual branch by a per-channel gate sigmoid(raw) * gamma_max.
 
 The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) run as eager PyTorch ops with written-out
-backwards by default. Under `compiled_kernels()` (the trainer's `train.kernels=compiled`) the
-forward and the backward of QK-norm + RoPE, and of ReLU^2, are one torch.compile'd function each,
-so the passes over memory that eager mode makes one op at a time are fused: the same values up to
-rounding, at the price of a compilation on first use (a C++ compiler on CPU); how much faster is
-in docs/benchmarks.md, "Hot path". Double backward and vmapped backwards (Jacobian penalties,
-jacrev) take the eager formulas either way.
+backwards by default. Under `attractor.kernels.compiled_kernels()` (the trainer's
+`train.kernels=compiled`) they run, forward and backward, as fused C++ kernels on CPU float32 and
+float64 tensors: the same values up to rounding, one pass over memory each instead of one per op;
+how much faster is in docs/benchmarks.md, "Hot path". Double backward and vmapped backwards
+(Jacobian penalties, jacrev) take the eager formulas either way.
 
 Dimension letters: B batch, T sequence, D width, H heads, K head size (D / H).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from attractor import kernels
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -40,13 +38,16 @@ def rms_norm(x: Tensor) -> Tensor:
     """
     if x.dtype not in (torch.float32, torch.float64):
         return F.rms_norm(x, (x.size(-1),))
+    fused = kernels.active_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _RMSNorm.apply(x)[0]
-    return _scaled(x, _rms_scale(x))
+        return _RMSNorm.apply(x, fused)[0]
+    return kernels.ops().rms_norm(x)[0] if fused else _scaled(x, _rms_scale(x))
 
 
 def _scaled(x: Tensor, r: Tensor) -> Tensor:
     """x * r written into a contiguous tensor, whatever x's strides (a permuted slice of qkv)."""
+    if torch._C._are_functorch_transforms_active():  # vmap has no batching rule for out=
+        return (x * r).contiguous()
     return torch.mul(x, r, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
@@ -68,38 +69,39 @@ def _rms_backward(x: Tensor, y: Tensor, r: Tensor, g: Tensor) -> Tensor:
 
 
 class _RMSNorm(torch.autograd.Function):
-    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)).
-
-    Eager under compiled_kernels() too: a compiled RMSNorm on (B, T, D) was no faster here
-    (bench/elementwise.py --compile).
-    """
+    """y = x r, r = (mean(x^2) + eps)^(-1/2); dL/dx = r (g - y mean(g y)). `fused`: the forward
+    and the plain backward are the C++ kernels (attractor.kernels)."""
 
     @staticmethod
-    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(x: Tensor, fused: bool) -> tuple[Tensor, Tensor]:
+        if fused:
+            return kernels.ops().rms_norm(x)
         r = _rms_scale(x)
         return _scaled(x, r), r
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor], output: tuple[Tensor, Tensor]) -> None:
-        (x,), (y, r) = inputs, output
+    def setup_context(ctx, inputs: tuple[Tensor, bool], output: tuple[Tensor, Tensor]) -> None:
+        (x, ctx.fused), (y, r) = inputs, output
         ctx.mark_non_differentiable(r)
         # y too: it is contiguous where x may be a strided slice (q and k of the qkv projection),
         # and ops on strided x were 3x slower here; the next Linear saves y anyway
         ctx.save_for_backward(x, y, r)
 
     @staticmethod
-    def backward(ctx, g: Tensor, _: Tensor) -> Tensor:
+    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None]:
         x, y, r = ctx.saved_tensors
-        return _rms_backward(x, y, r, g)
+        if ctx.fused and kernels.plain_backward(g):
+            return kernels.ops().rms_norm_backward(g, y, r), None
+        return _rms_backward(x, y, r, g), None
 
 
 def relu_square(x: Tensor) -> Tensor:
     """ReLU(x)^2, the values of `F.relu(x).square()` bit for bit, with a written-out backward
     2 ReLU(x) g (autograd's own goes through pow and threshold backward)."""
-    compiled = _compiled_for(x)
+    fused = kernels.active_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
-        return _ReluSquare.apply(x, compiled)
-    return _kernel("relu_square")(x) if compiled else _relu_square(x)
+        return _ReluSquare.apply(x, fused)
+    return kernels.ops().relu_square(x) if fused else _relu_square(x)
 
 
 def _relu_square(x: Tensor) -> Tensor:
@@ -111,12 +113,12 @@ class _ReluSquare(torch.autograd.Function):
     """Saves x, not ReLU(x): the backward recomputes ReLU(x) from x, so it is differentiable again."""
 
     @staticmethod
-    def forward(x: Tensor, compiled: bool) -> Tensor:
-        return _kernel("relu_square")(x) if compiled else _relu_square(x)
+    def forward(x: Tensor, fused: bool) -> Tensor:
+        return kernels.ops().relu_square(x) if fused else _relu_square(x)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple[Tensor, bool], output: Tensor) -> None:
-        ctx.compiled = inputs[1]
+        ctx.fused = inputs[1]
         ctx.save_for_backward(inputs[0])
 
     @staticmethod
@@ -124,8 +126,8 @@ class _ReluSquare(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: out of place, so autograd can record it
             return 2 * F.relu(x) * g, None
-        if ctx.compiled and _plain_backward(g):
-            return _kernel("relu_square_backward")(x, g), None
+        if ctx.fused and kernels.plain_backward(g):
+            return kernels.ops().relu_square_backward(x, g), None
         return (F.relu(x) * g).mul_(2), None  # in place only on our own tensor: g may be vmapped
 
 
@@ -198,126 +200,65 @@ class _Rotary(torch.autograd.Function):
 
 
 def norm_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """QK-norm then RoPE, `rotary(rms_norm(x))`, on x (..., T, K) with positions on dim -2.
+    """QK-norm then RoPE, `rotary(rms_norm(x))`, on x (..., T, K) with positions on dim -2."""
+    return rotary(rms_norm(x), base=base)
 
-    Eager, the two ops; under `compiled_kernels()`, one autograd Function whose forward and
-    backward are one compiled kernel each (the norm, the rotation and their backwards fused).
+
+def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0) -> tuple[Tensor, Tensor, Tensor]:
+    """Attention's q, k and v from the qkv projection (B, T, 3D), channels [q heads | k heads |
+    v heads]: q and k normed and rotated, v a view of qkv; (B, H, T, K) each.
+
+    Eager: the norm reads the strided q and k once and writes them together as one contiguous
+    (2, B, H, T, K) tensor, so the rotation, attention and every backward op after it see
+    contiguous tensors (strided operands made those ops 3x slower). Fused (attractor.kernels): one
+    kernel each way, reading qkv in order and writing q and k laid out as (B, T, H, K), so that
+    attention's output needs no copy for the projection; the backward writes dL/dqkv whole, where
+    autograd would stack q and k's gradients and concatenate v's.
     """
-    if not _compiled_for(x):
-        return rotary(rms_norm(x), base=base)
-    t, k = x.shape[-2], x.shape[-1]
-    if k % 2:
-        raise ValueError(f"rotary embeddings need an even head size, got {k}")
-    cos, sin = _rotary_tables(t, k, base, x.device, x.dtype)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _NormRotary.apply(x, cos, sin)[0]
-    return _kernel("norm_rotary")(x, cos, sin)[0]
+    b, t, d3 = qkv.shape
+    d, size = d3 // 3, d3 // (3 * n_head)  # width, head size K
+    if kernels.active_for(qkv) and qkv.stride(-1) == 1:
+        if size % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got {size}")
+        cos, sin = _rotary_tables(t, size, base, qkv.device, qkv.dtype)
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            return _QKVHeads.apply(qkv, cos, sin, n_head)[:3]
+        q, k, _ = kernels.ops().norm_rotary(qkv, cos, sin, n_head)
+        return q, k, qkv[..., 2 * d:].view(b, t, n_head, size).transpose(1, 2)
+    qk, v = qkv.split([2 * d, d], dim=-1)  # backward: one cat (two slices would each add a zero-filled copy)
+    q, k = norm_rotary(qk.view(b, t, 2, n_head, size).permute(2, 0, 3, 1, 4), base).unbind(0)
+    return q, k, v.view(b, t, n_head, size).transpose(1, 2)
 
 
-class _NormRotary(torch.autograd.Function):
-    """out = rotate(y), y = x r with RMSNorm's r; dL/dx = r (g' - y mean(g' y)) with g' the
-    rotation's adjoint applied to g (its transpose: the tables, rounded, are not exactly
-    orthogonal, so the inverse would be off by their rounding). Compiled only; double and
-    vmapped backwards take the eager formulas of _Rotary and _RMSNorm."""
+class _QKVHeads(torch.autograd.Function):
+    """(q, k, v, r): q and k from the fused kernel, v a view of qkv, r (2, B, H, T) the norms'
+    scale. The backward is the kernel where it can be (the rotation's transpose, then RMSNorm's
+    r (g' - y mean(g' y)) for q and k; v's gradient copied), else the eager formulas of _Rotary
+    and _RMSNorm on qkv's view."""
 
     @staticmethod
-    def forward(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        return _kernel("norm_rotary")(x, cos, sin)
+    def forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        q, k, r = kernels.ops().norm_rotary(qkv, cos, sin, n_head)
+        b, t, d3 = qkv.shape
+        return q, k, qkv[..., 2 * d3 // 3:].view(b, t, n_head, d3 // (3 * n_head)).transpose(1, 2), r
 
     @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor], output: tuple[Tensor, Tensor]) -> None:
-        (x, cos, sin), (_, r) = inputs, output
+    def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor, int], output: tuple[Tensor, ...]) -> None:
+        (qkv, cos, sin, ctx.n_head), r = inputs, output[3]
         ctx.mark_non_differentiable(r)
-        ctx.save_for_backward(x, r, cos, sin)
+        ctx.save_for_backward(qkv, r, cos, sin)
 
     @staticmethod
-    def backward(ctx, g: Tensor, _: Tensor) -> tuple[Tensor, None, None]:
-        x, r, cos, sin = ctx.saved_tensors
-        if _plain_backward(g):
-            return _kernel("norm_rotary_backward")(g, x, r, cos, sin), None, None
-        return _rms_backward(x, x * r, r, _rotate(g, cos, sin, sign=-1.0)), None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# Compiled kernels: the math of each elementwise forward and backward as one plain function,
-# which torch.compile fuses into one kernel (per shape; dynamic shapes after the first change).
-
-_COMPILED = False  # set by compiled_kernels()
-
-
-@contextlib.contextmanager
-def compiled_kernels(enabled: bool = True) -> Iterator[None]:
-    """Inside the context, QK-norm + RoPE and ReLU^2 (float32/float64, outside
-    torch.compile and functorch transforms) run as torch.compile'd kernels; `enabled=False`
-    forces the eager ops. Process-wide, restored on exit. Entering with enabled=True compiles a
-    small kernel once and raises RuntimeError (one line) where torch.compile cannot work (on CPU,
-    no C++ compiler)."""
-    global _COMPILED
-    if enabled:
-        check_compiler()
-    previous, _COMPILED = _COMPILED, enabled
-    try:
-        yield
-    finally:
-        _COMPILED = previous
-
-
-def _compiled_for(x: Tensor) -> bool:
-    return (_COMPILED and x.dtype in (torch.float32, torch.float64) and x.device.type != "meta"
-            and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active())
-
-
-def _plain_backward(g: Tensor) -> bool:
-    """Neither create_graph (the backward is differentiated again) nor a batched gradient (vmap:
-    torch.func.jacrev, or autograd.functional.jacobian(vectorize=True)'s legacy batching)."""
-    return (not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
-            and not torch._C._functorch.is_legacy_batchedtensor(g))
-
-
-def _swap_halves(x: Tensor) -> Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat([x[..., h:], x[..., :h]], dim=-1)
-
-
-def _norm_rotary_math(x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    r = torch.rsqrt(x.square().mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
-    y = x * r
-    # contiguous whatever x's strides (a permuted slice of qkv): attention runs faster on it
-    return (y * cos + _swap_halves(y) * sin).contiguous(), r
-
-
-def _norm_rotary_backward_math(g: Tensor, x: Tensor, r: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    g = g * cos - _swap_halves(g) * sin  # the rotation's transpose
-    y = x * r
-    return r * (g - y * (g * y).mean(-1, keepdim=True))
-
-
-_KERNEL_MATH = {
-    "relu_square": lambda x: F.relu(x).square(),
-    "relu_square_backward": lambda x, g: 2 * F.relu(x) * g,
-    "norm_rotary": _norm_rotary_math,
-    "norm_rotary_backward": _norm_rotary_backward_math,
-}
-
-
-@functools.cache
-def _kernel(name: str) -> Callable[..., Any]:
-    """The compiled kernel `name`; it takes detached tensors (never differentiated through, and
-    tracing a non-leaf input would read its .grad, which warns)."""
-    compiled = torch.compile(_KERNEL_MATH[name], fullgraph=True)
-    return lambda *tensors: compiled(*(t.detach() for t in tensors))
-
-
-@functools.cache
-def check_compiler() -> None:
-    """Raise RuntimeError (one line) where torch.compile cannot build a kernel (on CPU: no C++
-    compiler); the check compiles a tiny function once per process."""
-    try:  # its own function: a call of a real kernel at this shape would make it compile for dynamic shapes
-        torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(8))
-    except Exception as e:  # inductor's errors run to pages; the first line says what failed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise RuntimeError(f"compiled kernels need a working torch.compile (on CPU: a C++ compiler): "
-                           f"{type(e).__name__}: {first}") from None
+    def backward(ctx, gq: Tensor, gk: Tensor, gv: Tensor, _: Tensor) -> tuple[Tensor, None, None, None]:
+        qkv, r, cos, sin = ctx.saved_tensors
+        if all(kernels.plain_backward(g) for g in (gq, gk, gv)):
+            return kernels.ops().norm_rotary_backward(gq, gk, gv, qkv, r, cos, sin, ctx.n_head), None, None, None
+        b, t, d3 = qkv.shape
+        x = qkv[..., : 2 * d3 // 3].view(b, t, 2, ctx.n_head, -1).permute(2, 0, 3, 1, 4)  # (2, B, H, T, K)
+        r = r.unsqueeze(-1)
+        g = _rotate(torch.stack([gq, gk]), cos, sin, sign=-1.0)  # the rotation's adjoint
+        gqk = _rms_backward(x, x * r, r, g).permute(1, 3, 0, 2, 4).reshape(b, t, 2 * d3 // 3)
+        return torch.cat([gqk, gv.transpose(1, 2).reshape(b, t, d3 // 3)], dim=-1), None, None, None
 
 
 class Attention(nn.Module):
@@ -334,13 +275,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         h = self.n_head
-        qk, v = self.qkv(x).split([2 * d, d], dim=-1)  # (B, T, 2D), (B, T, D); backward: one cat
-        # q and k normed and rotated together; eager, the norm reads the strided slice once and
-        # writes (2, B, H, T, K) contiguous, so the rotation, attention and every backward op after
-        # it see contiguous tensors (strided operands made those ops 3x slower)
-        qk = norm_rotary(qk.view(b, t, 2, h, d // h).permute(2, 0, 3, 1, 4))  # (2, B, H, T, K)
-        q, k = qk.unbind(0)  # (B, H, T, K) each
-        v = v.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, K)
+        q, k, v = qkv_heads(self.qkv(x), h)  # (B, H, T, K) each
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_stats, evaluate
-from attractor.layers import check_compiler, compiled_kernels
+from attractor.kernels import check_compiler, compiled_kernels
 from attractor.models.base import ModelOutput
 from attractor.schema import check_fields, require
 
@@ -68,9 +68,9 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
-    # compiled: two of the blocks' elementwise parts (QK-norm + RoPE, ReLU^2) as torch.compile'd
-    # kernels during fit(), training and evaluation (attractor.layers.compiled_kernels; needs a C++
-    # compiler on CPU; float32/float64 only, so bf16 autocast keeps the eager ops)
+    # compiled: the blocks' elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) as fused C++
+    # kernels during fit(), training and evaluation (attractor.kernels.compiled_kernels; built on
+    # first use, needs a C++ compiler; CPU float32/float64 only, eager ops elsewhere)
     kernels: Literal["eager", "compiled"] = "eager"
     ema: float | None = None  # decay of an average of the weights that evaluation and checkpoints serve; None: off
     # Wall-clock budget in seconds from the start of fit() (evaluations and checkpoints included):

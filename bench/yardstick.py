@@ -30,6 +30,7 @@ Threads default to 2 (the yardstick was quoted at 2 threads); on the shared 2-co
 
 Run:  python -m bench.yardstick              3 warm-up rounds, median of 20 (~1 minute)
       python -m bench.yardstick --quick      1 warm-up round, median of 5
+      python -m bench.yardstick --rounds 60  3 warm-up rounds, median of 60 (~3 minutes)
       python -m bench.yardstick --profile    also the profiler tables
       python -m bench.yardstick --eager-only without the compiled-kernels row
 """
@@ -48,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.layers import check_compiler, compiled_kernels
+from attractor.kernels import check_compiler, compiled_kernels
 from attractor.models import build
 from bench.common import SEED, code_line, median, optimizer, print_table, seeded, timed, train_step
 
@@ -189,8 +190,10 @@ def measure(nets: dict[str, nn.Module], sizes: Sizes) -> tuple[dict[str, list[fl
     opts = {k: optimizer(m) for k, m in nets.items()}
     seconds: dict[str, list[float]] = {k: [] for k in nets}
     loss = {}
+    names = list(nets)
     for i, (x, y) in enumerate(text_batches(sizes.warmup + sizes.steps)):
-        for name, model in nets.items():
+        for name in names[i % len(names):] + names[:i % len(names)]:  # each model first in turn: no position bias
+            model = nets[name]
             with kernels(name):
                 s, out = timed(lambda: train_step(model, opts[name], x, y))
             loss[name] = out.loss.item()
@@ -220,14 +223,19 @@ def profile(compiled: bool, steps: int = 5) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.yardstick", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 warm-up round, median of 5")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 20; the ratio's spread "
+                        "shrinks with more: single rounds range over +-30%% on a shared machine)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print profiler tables")
     parser.add_argument("--eager-only", action="store_true", help="no compiled-kernels row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        sizes = Sizes(warmup=sizes.warmup, steps=args.rounds)
     start = time.perf_counter()
     command = "python -m bench.yardstick" + (" --quick" if args.quick else "") + \
+        (f" --rounds {args.rounds}" if args.rounds is not None else "") + \
         (f" --threads {args.threads}" if args.threads != 2 else "") + (" --eager-only" if args.eager_only else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
     compiled = not args.eager_only and compiler_works()

@@ -14,35 +14,42 @@ import torch.nn.attention
 import torch.nn.functional as F
 from torch import Tensor
 
+import attractor.kernels as fused
 from attractor import layers
-from attractor.layers import Attention, Block, compiled_kernels, norm_rotary, relu_square, rms_norm, rotary
+from attractor.kernels import compiled_kernels
+from attractor.layers import Attention, Block, norm_rotary, qkv_heads, relu_square, rms_norm, rotary
 
 
 def compiler_or_skip() -> None:
     try:
-        layers.check_compiler()
+        fused.check_compiler()
     except RuntimeError as e:
         pytest.skip(str(e))
 
 
+class CountingOps:
+    """torch.ops.attractor_cpu, counting the kernels called by name."""
+
+    def __init__(self, used: dict[str, int]):
+        self.used, self.ops = used, torch.ops.attractor_cpu
+
+    def __getattr__(self, name: str):
+        self.used[name] = self.used.get(name, 0) + 1
+        return getattr(self.ops, name)
+
+
 @pytest.fixture(params=["eager", "compiled"])
 def kernels(request):
-    """Run the test with the eager ops and again with the compiled kernels (skipped where
-    torch.compile cannot work), counting which compiled kernels ran."""
+    """Run the test with the eager ops and again with the fused C++ kernels (skipped where they
+    cannot be built), counting which kernels ran."""
     if request.param == "eager":
         with compiled_kernels(False):
             yield None
         return
     compiler_or_skip()
     used: dict[str, int] = {}
-    kernel = layers._kernel
-
-    def counting(name: str):
-        used[name] = used.get(name, 0) + 1
-        return kernel(name)
-
     with pytest.MonkeyPatch.context() as mp, compiled_kernels():
-        mp.setattr(layers, "_kernel", counting)
+        mp.setattr(fused, "ops", lambda: CountingOps(used))
         yield used
 
 
@@ -103,8 +110,9 @@ def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init, k
         assert (a - b).abs().max() <= REL[dtype] * b.abs().max()
     with torch.no_grad():  # the no-grad path (solver iterations) gives the same values
         torch.testing.assert_close(block(x), ref, **TOL[dtype])
-    if kernels is not None:  # the compiled kernels did run, forward and backward
-        assert set(kernels) == {"norm_rotary", "norm_rotary_backward", "relu_square", "relu_square_backward"}
+    if kernels is not None:  # the fused kernels did run, forward and backward
+        assert set(kernels) == {"rms_norm", "rms_norm_backward", "norm_rotary", "norm_rotary_backward",
+                                "relu_square", "relu_square_backward"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -192,11 +200,14 @@ def strided(shape: tuple[int, ...]) -> Tensor:
     return base[..., : shape[-1]].requires_grad_()
 
 
-@pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1), norm_rotary],
-                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary"])
+@pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1), norm_rotary,
+                                lambda u: qkv_heads(u.flatten(-2), n_head=2)],
+                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary", "qkv_heads"])
 def test_first_and_second_derivatives(fn, kernels):
-    """gradcheck and gradgradcheck: double backward (Jacobian penalties) must be exact too."""
-    x = strided((2, 4, 2, 4))
+    """gradcheck and gradgradcheck: double backward (Jacobian penalties) must be exact too; the
+    fused kernels' backward is checked by gradcheck, the eager one they fall back to under
+    create_graph by gradgradcheck."""
+    x = strided((2, 4, 3, 4))
     torch.autograd.gradcheck(fn, (x,))
     torch.autograd.gradgradcheck(fn, (x,))
 
@@ -235,36 +246,81 @@ def test_attention_signature():
         Attention(10, 3, causal=True)
 
 
-def test_compiled_kernels_equal_eager_on_strided_input_and_restore_the_mode():
-    """q and k arrive as a permuted slice of qkv: the compiled norm + rotation must read it as
-    such, give the eager values and gradients, and write attention a contiguous tensor."""
+def test_fused_qkv_kernel_equals_eager_on_strided_input_and_restore_the_mode():
+    """qkv arrives with a row stride of its own (here a slice of a wider tensor) and attention's
+    gradients with strides of theirs: the fused norm + rotation must read both as such and give the
+    eager values and gradients; it writes q and k laid out as (B, T, H, K), as attention's views of
+    a projection are."""
     compiler_or_skip()
     gen = torch.Generator().manual_seed(9)
-    qkv = torch.randn(2, 12, 3 * 16, generator=gen, requires_grad=True)
-    qk = qkv[..., :32].view(2, 12, 2, 2, 8).permute(2, 0, 3, 1, 4)  # (2, B, H, T, K), strided
-    g = torch.randn(2, 2, 2, 12, 8, generator=gen)
-    eager = norm_rotary(qk)
-    (g_eager,) = torch.autograd.grad(eager, qkv, g)
+    wide = torch.randn(2, 12, 60, generator=gen, requires_grad=True)
+    qkv = wide[..., 6:54]  # (B, T, 3D), two heads of 8
+    g = [torch.randn(2, 12, 2, 8, generator=gen).transpose(1, 2) for _ in range(3)]  # (B, H, T, K), strided
+    eager = qkv_heads(qkv, 2)
+    reference = norm_rotary(qkv[..., :32].view(2, 12, 2, 2, 8).permute(2, 0, 3, 1, 4))
+    torch.testing.assert_close(torch.stack(eager[:2]), reference, rtol=0, atol=0)
+    (g_eager,) = torch.autograd.grad(eager, wide, g)
     with compiled_kernels():
-        assert layers._COMPILED
-        fused = norm_rotary(qk)
-        (g_fused,) = torch.autograd.grad(fused, qkv, g)
+        assert fused._ENABLED
+        q, k, v = qkv_heads(qkv, 2)
+        (g_fused,) = torch.autograd.grad((q, k, v), wide, g)
         with compiled_kernels(False):
-            assert not layers._COMPILED
-        assert layers._COMPILED
-    assert not layers._COMPILED
-    assert fused.is_contiguous()
-    torch.testing.assert_close(fused, eager, **TOL[torch.float32])
+            assert not fused._ENABLED
+        assert fused._ENABLED
+        with torch.no_grad():
+            no_grad = qkv_heads(qkv, 2)
+    assert not fused._ENABLED
+    assert q.transpose(1, 2).is_contiguous() and k.transpose(1, 2).is_contiguous()
+    for a, b in zip((q, k, v), eager):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    for a, b in zip(no_grad, (q, k, v)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(g_fused, g_eager, **TOL[torch.float32])
+    assert g_fused[..., :6].abs().max() == 0 and g_fused[..., 54:].abs().max() == 0
 
 
-def test_compiled_kernels_without_a_compiler_is_one_line(monkeypatch):
-    def broken() -> None:
-        raise RuntimeError("compiled kernels need a working torch.compile (on CPU: a C++ compiler): "
-                           "InductorError: no compiler")
+def test_fused_kernels_leave_what_they_do_not_serve_to_eager():
+    """bfloat16, meta tensors and torch.func transforms take the eager ops inside the switch."""
+    compiler_or_skip()
+    used: dict[str, int] = {}
+    with pytest.MonkeyPatch.context() as mp, compiled_kernels():
+        mp.setattr(fused, "ops", lambda: CountingOps(used))
+        h = torch.randn(3, 8).bfloat16()
+        assert torch.equal(rms_norm(h), F.rms_norm(h, (8,)))
+        assert torch.equal(relu_square(h), F.relu(h).square())
+        with torch.device("meta"):
+            Block(16, 2, gate_init=0.5)(torch.randn(2, 5, 16))
+        x = torch.randn(4, 8, dtype=torch.float64)
+        torch.testing.assert_close(torch.func.vmap(rms_norm)(x), F.rms_norm(x, (8,)))
+    assert used == {}
 
-    monkeypatch.setattr(layers, "check_compiler", broken)
-    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):
+
+def test_fused_kernels_check_their_inputs():
+    """The ops themselves refuse what they were not written for, in one line, not a crash."""
+    compiler_or_skip()
+    ops = fused.ops()
+    cos, sin = layers._rotary_tables(4, 8, 10000.0, torch.device("cpu"), torch.float32)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        ops.rms_norm(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="not a multiple of 3 n_head"):
+        ops.norm_rotary(torch.randn(1, 4, 40), cos, sin, 2)
+    with pytest.raises(RuntimeError, match="tables"):
+        ops.norm_rotary(torch.randn(1, 5, 48), cos, sin, 2)  # T = 5, tables for 4
+    with pytest.raises(RuntimeError, match="gradients must be"):
+        ops.norm_rotary_backward(*[torch.randn(1, 2, 4, 4)] * 3, torch.randn(1, 4, 48), torch.ones(2, 1, 2, 4),
+                                 cos, sin, 2)
+    with pytest.raises(RuntimeError, match="shape, dtype and device"):
+        ops.relu_square_backward(torch.randn(3), torch.randn(4))
+
+
+def test_compiled_kernels_that_cannot_build_is_one_line(monkeypatch, tmp_path):
+    """No compiler (here: a compiler that fails) gives one RuntimeError line and leaves the
+    switch off."""
+    monkeypatch.setattr(fused, "_LOADED", False)  # build again, as in a fresh process
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("ATTRACTOR_KERNELS_DIR", str(tmp_path / "kernels"))
+    with pytest.raises(RuntimeError, match="^compiled kernels could not be built .*C\\+\\+ compiler") as info:
         with compiled_kernels():
             pass
-    assert not layers._COMPILED
+    assert "\n" not in str(info.value)
+    assert not fused._ENABLED and not fused._LOADED

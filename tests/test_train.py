@@ -148,18 +148,17 @@ def test_accumulated_micro_batches_equal_one_batch():
 
 def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
     """train.kernels=compiled: the same losses and weights as the eager ops (to float32
-    rounding), the compiled kernels really used inside fit() and switched off after it."""
-    from attractor import layers
+    rounding), the fused kernels really used inside fit() and switched off after it."""
+    from attractor import kernels as fused
     from attractor.models import from_config
 
     try:
-        with layers.compiled_kernels():
-            pass
+        fused.check_compiler()
     except RuntimeError as e:
         pytest.skip(str(e))
     used = []
-    kernel = layers._kernel
-    monkeypatch.setattr(layers, "_kernel", lambda name: used.append(name) or kernel(name))
+    ops = fused.ops
+    monkeypatch.setattr(fused, "ops", lambda: used.append(1) or ops())
     run = run_config("attractor-1m", ["model.d=32", "model.n_head=2", "model.n_backbone=1", "model.seq_len=8"])
     results = {}
     for kernels in ("eager", "compiled"):
@@ -171,7 +170,7 @@ def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
         trainer = Trainer(model, Batches(), [], cfg, Callbacks(log=lambda r: losses.append(r["loss"])))
         trainer.fit()
         results[kernels] = losses, [p.detach().clone() for p in model.parameters()]
-        assert bool(used) == (kernels == "compiled") and not layers._COMPILED
+        assert bool(used) == (kernels == "compiled") and not fused._ENABLED
     (l_eager, w_eager), (l_compiled, w_compiled) = results["eager"], results["compiled"]
     assert len(l_eager) == 3
     torch.testing.assert_close(torch.tensor(l_compiled), torch.tensor(l_eager), rtol=1e-5, atol=1e-6)
@@ -184,7 +183,8 @@ def test_compiled_kernels_without_a_compiler_is_a_config_error(monkeypatch):
     from attractor.models import build
 
     def broken() -> None:
-        raise RuntimeError("compiled kernels need a working torch.compile (on CPU: a C++ compiler): no compiler")
+        raise RuntimeError("compiled kernels could not be built from kernels_cpu.cpp (they need a C++ compiler "
+                           "and ninja): no compiler")
 
     monkeypatch.setattr(train_module, "check_compiler", broken)
     with pytest.raises(ConfigError, match="^train.kernels=compiled: .*C\\+\\+ compiler"):
