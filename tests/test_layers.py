@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.attention
 import torch.nn.functional as F
 from torch import Tensor
@@ -324,3 +326,30 @@ def test_compiled_kernels_that_cannot_build_is_one_line(monkeypatch, tmp_path):
             pass
     assert "\n" not in str(info.value)
     assert not fused._ENABLED and not fused._LOADED
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), t=st.integers(1, 9), n_head=st.integers(1, 3), half=st.integers(1, 5),
+       pad=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
+def test_fused_kernels_equal_eager_for_any_shape(b, t, n_head, half, pad, seed):
+    """Every fused kernel against the eager ops, float64, over batch, length, heads, head size and
+    a row stride of qkv's own: values and gradients (the backward kernels) to rounding."""
+    compiler_or_skip()
+    gen = torch.Generator().manual_seed(seed)
+    k = 2 * half
+    d = n_head * k
+    wide = torch.randn(b, t, 3 * d + pad, dtype=torch.float64, generator=gen, requires_grad=True)
+    qkv = wide[..., pad:]
+    grads = [torch.randn(b, n_head, t, k, dtype=torch.float64, generator=gen) for _ in range(3)]
+    x = torch.randn(b, t, d, dtype=torch.float64, generator=gen, requires_grad=True)
+    gx = torch.randn(b, t, d, dtype=torch.float64, generator=gen)
+
+    def run(fused_on: bool):
+        with compiled_kernels(fused_on):
+            heads = qkv_heads(qkv, n_head)
+            parts = [*heads, rms_norm(x), relu_square(x)]
+            g_wide, g_x = torch.autograd.grad(parts, [wide, x], [*grads, gx, gx])
+        return [*parts, g_wide, g_x]
+
+    for ours, eager in zip(run(True), run(False)):
+        torch.testing.assert_close(ours, eager, **TOL[torch.float64])
