@@ -1,5 +1,5 @@
-// Fused CPU kernels for the block's elementwise parts, forward and backward: RMSNorm (alone and
-// after the residual add), QK-norm + RoPE on q and k, ReLU^2. Each reads its inputs once and writes its output once, where eager
+// Fused CPU kernels for the block's elementwise parts, forward and backward: RMSNorm, QK-norm +
+// RoPE on q and k, ReLU^2. Each reads its inputs once and writes its output once, where eager
 // PyTorch makes one pass over memory per op (and differentiates composites op by op). Built on
 // first use by attractor/kernels.py, which documents when they run; the autograd Functions around
 // them are in attractor/layers.py, with the eager formulas they must match.
@@ -61,41 +61,6 @@ void rms_norm_backward_rows(const T* __restrict g, const T* __restrict y, const 
     const T ri = r[i], c = ri * s / n;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) dx[j] = ri * g[j] - c * y[j];
-  }
-}
-
-// ---- The residual add and the pre-norm after it: s = x + a, y = s r; backward
-// ds = g_s + r (g_y - y mean(g_y y)), where autograd would add the two gradients of s in a pass of
-// its own.
-
-template <typename T>
-void add_rms_norm_rows(const T* __restrict x, const T* __restrict a, T* __restrict s, T* __restrict y,
-                       T* __restrict r, int64_t rows, int64_t n) {
-  const T eps = std::numeric_limits<T>::epsilon();
-  for (int64_t i = 0; i < rows; ++i, x += n, a += n, s += n, y += n) {
-    T ss = 0;
-#pragma omp simd reduction(+ : ss)
-    for (int64_t j = 0; j < n; ++j) {
-      s[j] = x[j] + a[j];
-      ss += s[j] * s[j];
-    }
-    const T ri = T(1) / std::sqrt(ss / n + eps);
-    r[i] = ri;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) y[j] = s[j] * ri;
-  }
-}
-
-template <typename T>
-void add_rms_norm_backward_rows(const T* __restrict gs, const T* __restrict gy, const T* __restrict y,
-                                const T* __restrict r, T* __restrict ds, int64_t rows, int64_t n) {
-  for (int64_t i = 0; i < rows; ++i, gs += n, gy += n, y += n, ds += n) {
-    T dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < n; ++j) dot += gy[j] * y[j];
-    const T ri = r[i], c = ri * dot / n;
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) ds[j] = gs[j] + ri * gy[j] - c * y[j];
   }
 }
 
@@ -203,46 +168,6 @@ Tensor rms_norm_backward(const Tensor& g_, const Tensor& y_, const Tensor& r_) {
     });
   });
   return dx;
-}
-
-std::tuple<Tensor, Tensor, Tensor> add_rms_norm(const Tensor& x_, const Tensor& a_) {
-  check_cpu_float(x_, "add_rms_norm");
-  check_like(a_, x_, "add_rms_norm", "a");
-  TORCH_CHECK(x_.dim() >= 1, "add_rms_norm: x needs a last dim");
-  const Tensor x = x_.contiguous(), a = a_.contiguous();
-  const int64_t n = x.size(-1), rows = n ? x.numel() / n : 0;
-  auto r_shape = x.sizes().vec();
-  r_shape.back() = 1;
-  Tensor s = at::empty_like(x), y = at::empty_like(x), r = at::empty(r_shape, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "add_rms_norm", [&] {
-    const scalar_t *xp = x.const_data_ptr<scalar_t>(), *ap = a.const_data_ptr<scalar_t>();
-    scalar_t *sp = s.data_ptr<scalar_t>(), *yp = y.data_ptr<scalar_t>(), *rp = r.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, grain_of(n), [=](int64_t begin, int64_t end) {
-      add_rms_norm_rows(xp + begin * n, ap + begin * n, sp + begin * n, yp + begin * n, rp + begin, end - begin, n);
-    });
-  });
-  return {s, y, r};
-}
-
-Tensor add_rms_norm_backward(const Tensor& gs_, const Tensor& gy_, const Tensor& y_, const Tensor& r_) {
-  check_cpu_float(y_, "add_rms_norm_backward");
-  check_like(gs_, y_, "add_rms_norm_backward", "g_s");
-  check_like(gy_, y_, "add_rms_norm_backward", "g_y");
-  const Tensor gs = gs_.contiguous(), gy = gy_.contiguous(), y = y_.contiguous(), r = r_.contiguous();
-  const int64_t n = y.size(-1), rows = n ? y.numel() / n : 0;
-  TORCH_CHECK(r.numel() == rows && r.scalar_type() == y.scalar_type(),
-              "add_rms_norm_backward: r must hold one value per row, in y's dtype");
-  Tensor ds = at::empty_like(y);
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "add_rms_norm_backward", [&] {
-    const scalar_t *gsp = gs.const_data_ptr<scalar_t>(), *gyp = gy.const_data_ptr<scalar_t>();
-    const scalar_t *yp = y.const_data_ptr<scalar_t>(), *rp = r.const_data_ptr<scalar_t>();
-    scalar_t* dp = ds.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, grain_of(n), [=](int64_t begin, int64_t end) {
-      add_rms_norm_backward_rows(gsp + begin * n, gyp + begin * n, yp + begin * n, rp + begin, dp + begin * n,
-                                 end - begin, n);
-    });
-  });
-  return ds;
 }
 
 // q, k and v come from the (B, T, 3D) output of the qkv projection: channels [q heads | k heads |
@@ -387,8 +312,6 @@ Tensor relu_square_backward(const Tensor& x_, const Tensor& g_) {
 TORCH_LIBRARY(attractor_cpu, m) {
   m.def("rms_norm(Tensor x) -> (Tensor, Tensor)", &rms_norm);
   m.def("rms_norm_backward(Tensor g, Tensor y, Tensor r) -> Tensor", &rms_norm_backward);
-  m.def("add_rms_norm(Tensor x, Tensor a) -> (Tensor, Tensor, Tensor)", &add_rms_norm);
-  m.def("add_rms_norm_backward(Tensor gs, Tensor gy, Tensor y, Tensor r) -> Tensor", &add_rms_norm_backward);
   m.def("norm_rotary(Tensor qkv, Tensor cos, Tensor sin, int n_head) -> (Tensor, Tensor, Tensor)", &norm_rotary);
   m.def("norm_rotary_backward(Tensor gq, Tensor gk, Tensor gv, Tensor qkv, Tensor r, Tensor cos, Tensor sin, "
         "int n_head) -> Tensor", &norm_rotary_backward);

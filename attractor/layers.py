@@ -5,8 +5,8 @@ embeddings, QK-norm, ReLU^2 MLP of width 4d, no biases, attention through PyTorc
 `scaled_dot_product_attention` (whatever backend the device has), causal or bidirectional.
 Attractor blocks scale each residual branch by a per-channel gate sigmoid(raw) * gamma_max.
 
-The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2; the residual add before the second norm)
-run as eager PyTorch ops with written-out backwards by default. Under `attractor.kernels.compiled_kernels()` (the trainer's
+The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) run as eager PyTorch ops with written-out
+backwards by default. Under `attractor.kernels.compiled_kernels()` (the trainer's
 `train.kernels=compiled`) they run, forward and backward, as fused C++ kernels on CPU float32 and
 float64 tensors: the same values up to rounding, one pass over memory each instead of one per op;
 how much faster is in docs/benchmarks.md, "Hot path". Double backward and vmapped backwards
@@ -105,46 +105,6 @@ class _RMSNorm(torch.autograd.Function):
         if ctx.fused and kernels.plain_backward(g):
             return kernels.ops().rms_norm_backward(g, y, r), None
         return _rms_backward(x, y, r, g), None
-
-
-def add_rms_norm(x: Tensor, a: Tensor) -> tuple[Tensor, Tensor]:
-    """The residual add and the pre-norm after it: (x + a, rms_norm(x + a)), x and a (..., D).
-
-    Eager, the two ops; under the fused kernels one pass each way, the backward adding the two
-    gradients of x + a (the residual's and the norm's) in the same pass.
-    """
-    if not (kernels.active_for(x) and a.shape == x.shape and a.dtype == x.dtype and a.device == x.device):
-        s = x + a
-        return s, rms_norm(s)
-    if torch.is_grad_enabled() and (x.requires_grad or a.requires_grad):
-        s, y, _ = _apply(_AddRMSNorm, x, a)
-    else:
-        s, y, _ = kernels.ops().add_rms_norm(x, a)
-    return s, y
-
-
-class _AddRMSNorm(torch.autograd.Function):
-    """(s, y, r) = (x + a, s r, r); dL/dx = dL/da = g_s + r (g_y - y mean(g_y y)). Fused only;
-    double and vmapped backwards take _rms_backward on the saved s."""
-
-    @staticmethod
-    def forward(x: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return kernels.ops().add_rms_norm(x, a)
-
-    @staticmethod
-    def setup_context(ctx, inputs: tuple[Tensor, Tensor], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        s, y, r = output
-        ctx.mark_non_differentiable(r)
-        ctx.save_for_backward(s, y, r)
-
-    @staticmethod
-    def backward(ctx, gs: Tensor, gy: Tensor, _: Tensor) -> tuple[Tensor, Tensor]:
-        s, y, r = ctx.saved_tensors
-        if kernels.plain_backward(gs) and kernels.plain_backward(gy):
-            ds = kernels.ops().add_rms_norm_backward(gs, gy, y, r)
-        else:
-            ds = gs + _rms_backward(s, y, r, gy)
-        return ds, ds
 
 
 def relu_square(x: Tensor) -> Tensor:
@@ -376,8 +336,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.attn(rms_norm(x))
-        x, h = add_rms_norm(x, a if self.gate_attn is None else self.gate_attn() * a)
-        m = self.mlp(h)
+        x = x + (a if self.gate_attn is None else self.gate_attn() * a)
+        m = self.mlp(rms_norm(x))
         return x + (m if self.gate_mlp is None else self.gate_mlp() * m)
 
 

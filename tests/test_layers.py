@@ -19,7 +19,7 @@ from torch import Tensor
 import attractor.kernels as fused
 from attractor import layers
 from attractor.kernels import compiled_kernels
-from attractor.layers import Attention, Block, add_rms_norm, norm_rotary, qkv_heads, relu_square, rms_norm, rotary
+from attractor.layers import Attention, Block, norm_rotary, qkv_heads, relu_square, rms_norm, rotary
 
 
 def compiler_or_skip() -> None:
@@ -113,8 +113,8 @@ def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init, k
     with torch.no_grad():  # the no-grad path (solver iterations) gives the same values
         torch.testing.assert_close(block(x), ref, **TOL[dtype])
     if kernels is not None:  # the fused kernels did run, forward and backward
-        assert set(kernels) == {"rms_norm", "rms_norm_backward", "add_rms_norm", "add_rms_norm_backward",
-                                "norm_rotary", "norm_rotary_backward", "relu_square", "relu_square_backward"}
+        assert set(kernels) == {"rms_norm", "rms_norm_backward", "norm_rotary", "norm_rotary_backward",
+                                "relu_square", "relu_square_backward"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -203,9 +203,8 @@ def strided(shape: tuple[int, ...]) -> Tensor:
 
 
 @pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1), norm_rotary,
-                                lambda u: qkv_heads(u.flatten(-2), n_head=2), lambda u: add_rms_norm(u, u.sin())],
-                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary", "qkv_heads",
-                              "add_rms_norm"])
+                                lambda u: qkv_heads(u.flatten(-2), n_head=2)],
+                         ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary", "qkv_heads"])
 def test_first_and_second_derivatives(fn, kernels):
     """gradcheck and gradgradcheck: double backward (Jacobian penalties) must be exact too; the
     fused kernels' backward is checked by gradcheck, the eager one they fall back to under
@@ -348,8 +347,8 @@ def test_fused_kernels_equal_eager_for_any_shape(b, t, n_head, half, pad, seed):
     def run(fused_on: bool):
         with compiled_kernels(fused_on):
             heads = qkv_heads(qkv, n_head)
-            parts = [*heads, rms_norm(x), relu_square(x), *add_rms_norm(x, x.cos())]
-            g_wide, g_x = torch.autograd.grad(parts, [wide, x], [*grads, gx, gx, gx.flip(0), gx.flip(1)])
+            parts = [*heads, rms_norm(x), relu_square(x)]
+            g_wide, g_x = torch.autograd.grad(parts, [wide, x], [*grads, gx, gx])
         return [*parts, g_wide, g_x]
 
     for ours, eager in zip(run(True), run(False)):
