@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from attractor.kernels import check_compiler
 from attractor.layers import Block, init_weights
 from attractor.models import build
 from attractor.models.base import ModelOutput
@@ -263,3 +264,14 @@ class SavedTensors:
             if t is not None and t.untyped_storage().data_ptr() not in self.exclude:
                 storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return sum(storages.values()) / 2**20
+
+
+def fused_kernels_available(rows: str) -> bool:
+    """Whether attractor.kernels' C++ kernels build here; if not, print which `rows` of the
+    benchmark are left out and why (one line)."""
+    try:
+        check_compiler()
+        return True
+    except RuntimeError as e:
+        print(f"no {rows}: {e}")
+        return False

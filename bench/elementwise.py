@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attractor.kernels import check_compiler, compiled_kernels
+from attractor.kernels import compiled_kernels
 from attractor.layers import qkv_heads, relu_square, rms_norm
-from bench.common import code_line, median, print_table, timed
+from bench.common import code_line, fused_kernels_available, median, print_table, timed
 
 B, T, D, H = 16, 256, 128, 4
 
@@ -83,15 +83,6 @@ def split_heads(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(u.view(B, T, H, D // H).transpose(1, 2) for u in qkv.split(D, dim=-1))
 
 
-def fused_available() -> bool:
-    try:
-        check_compiler()
-        return True
-    except RuntimeError as e:
-        print(f"no fused-kernel rows: {e}")
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -103,7 +94,7 @@ def main() -> None:
     print(f"python -m bench.elementwise{' --compile' if args.compile else ''}, {code_line()}")
     header = ["variant", "ms fwd+bwd", "vs first"]
 
-    fused = fused_available()
+    fused = fused_kernels_available("fused-kernel rows")
     x, g = torch.randn(B, T, D, requires_grad=True), torch.randn(B, T, D)
     eps = torch.finfo(torch.float32).eps
     norm = {"ours (rms_norm)": fwd_bwd(rms_norm, x, g)}

@@ -49,9 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.kernels import check_compiler, compiled_kernels
+from attractor.kernels import compiled_kernels
 from attractor.models import build
-from bench.common import SEED, code_line, median, optimizer, print_table, seeded, timed, train_step
+from bench.common import (SEED, code_line, fused_kernels_available, median, optimizer, print_table, seeded, timed,
+                          train_step)
 
 BATCH, SEQ = 16, 256
 TOKENS = BATCH * SEQ
@@ -177,15 +178,6 @@ def kernels(name: str) -> contextlib.AbstractContextManager:
     return compiled_kernels() if name == COMPILED else contextlib.nullcontext()
 
 
-def compiler_works() -> bool:
-    try:
-        check_compiler()
-        return True
-    except RuntimeError as e:
-        print(f"no compiled-kernels row: {e}")
-        return False
-
-
 def measure(nets: dict[str, nn.Module], sizes: Sizes) -> tuple[dict[str, list[float]], dict[str, float]]:
     opts = {k: optimizer(m) for k, m in nets.items()}
     seconds: dict[str, list[float]] = {k: [] for k in nets}
@@ -238,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         (f" --rounds {args.rounds}" if args.rounds is not None else "") + \
         (f" --threads {args.threads}" if args.threads != 2 else "") + (" --eager-only" if args.eager_only else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
-    compiled = not args.eager_only and compiler_works()
+    compiled = not args.eager_only and fused_kernels_available("compiled-kernels row")
     nets = models(compiled)
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}  # before training
     seconds, loss = measure(nets, sizes)
