@@ -2,10 +2,10 @@
 
 `compiled_kernels()` (the trainer's `train.kernels=compiled`) makes RMSNorm, QK-norm + RoPE and
 ReLU^2 run, forward and backward, as the C++ kernels of `kernels_cpu.cpp` (their autograd
-Functions are in attractor.layers): each one pass over memory where eager PyTorch makes one per op. They give the eager ops' values up to rounding
-(tests/test_layers.py holds them to the textbook block), and transformer-1m then trains at the
-tokens/s of a classic GPT of its size, where eager it reaches 0.92 of it (docs/benchmarks.md,
-"Hot path").
+Functions are in attractor.layers): each one pass over memory where eager PyTorch makes one per
+op. They give the eager ops' values up to rounding (tests/test_layers.py holds them to the
+textbook block), and transformer-1m then trains at the tokens/s of a classic GPT of its size,
+where eager it reaches 0.92 of it (docs/benchmarks.md, "Hot path").
 
 The kernels are built on first use with the system's C++ compiler through
 `torch.utils.cpp_extension` (about 15 s; then cached per source, flags, torch version and CPU
