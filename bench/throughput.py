@@ -27,25 +27,34 @@ FLOPs per training step, two ways:
 Threads default to 1, as in bench.solvers: the 2-core machine is shared, and two-thread kernels
 stall whenever another job holds a core; --threads 2 measures both cores.
 
+`--kernels` adds each model again as "<name>, fused": the same seed and batches, trained inside
+`attractor.kernels.compiled_kernels()` (the trainer's `train.kernels=compiled`: the blocks'
+elementwise parts as fused C++ kernels, in the solver's no-grad iterations too), taking turns
+with the others; the last column then also gives fused over eager per model.
+
 Run:  python -m bench.throughput            3 warm-up rounds, median of 10
       python -m bench.throughput --quick    1 warm-up round, median of 3 (~1 minute)
+      python -m bench.throughput --kernels  with the fused-kernel rows
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from attractor.kernels import compiled_kernels
 from attractor.models import ModelOutput
 from bench.common import (
     SEED,
     attractor_lm,
     batches,
     code_line,
+    fused_kernels_available,
     looped_lm,
     median,
     optimizer,
@@ -91,8 +100,17 @@ def matmul_gflops(repeats: int) -> float:
 # FLOPs of one training step
 
 
+FUSED = ", fused"  # suffix of the rows trained with the fused kernels
+
+
+def family(name: str) -> str:
+    """The model a row trains: "attractor" for "attractor" and "attractor, fused"."""
+    return name.removesuffix(FUSED)
+
+
 def step_flops(name: str, model: nn.Module, out: ModelOutput) -> tuple[float, float]:
     """(3 x forward FLOPs, forward executed + 2 x backpropagated FLOPs) of one step, whole batch."""
+    name = family(name)
     fwd = model.flops_per_token(out)
     if name == "transformer":
         executed, backprop = fwd, fwd
@@ -107,6 +125,7 @@ def step_flops(name: str, model: nn.Module, out: ModelOutput) -> tuple[float, fl
 
 def depth(name: str, out: ModelOutput) -> float:
     """Iterations of the step: the solver's f-evaluations, or the mean sampled loop depth."""
+    name = family(name)
     if name.startswith("attractor"):
         return out.n_evals
     if name == "looped":
@@ -118,27 +137,32 @@ def depth(name: str, out: ModelOutput) -> float:
 # Measurement and report
 
 
-def models() -> dict[str, nn.Module]:
-    return {
-        "transformer": seeded(transformer),
-        "attractor": seeded(attractor_lm),  # preset defaults: tol 1e-3, max_iter 32, onestep
+def models(fused: bool = False) -> dict[str, nn.Module]:
+    builders = {
+        "transformer": transformer,
+        "attractor": attractor_lm,  # preset defaults: tol 1e-3, max_iter 32, onestep
         # the published 140M setting's floor (SPEC 2.1): at initialisation the solve above stops
         # after ~2 steps, so this row shows the cost at a paper-like depth
-        "attractor-min6": seeded(lambda: attractor_lm(min_iter=6)),
-        "looped": seeded(looped_lm),  # defaults: mean 8, max 16, backprop_loops 4
+        "attractor-min6": lambda: attractor_lm(min_iter=6),
+        "looped": looped_lm,  # defaults: mean 8, max 16, backprop_loops 4
     }
+    nets = {name: seeded(build) for name, build in builders.items()}
+    if fused:
+        nets |= {name + FUSED: seeded(build) for name, build in builders.items()}
+    return nets
 
 
-def measure(sizes: Sizes) -> dict:
+def measure(sizes: Sizes, fused: bool = False) -> dict:
     """Round-robin training steps; per model lists of step seconds, FLOPs and depths."""
-    nets = models()
+    nets = models(fused)
     opts = {k: optimizer(m) for k, m in nets.items()}
     for m in nets.values():
         m.train()
     rec = {k: {"seconds": [], "flops3": [], "flops_bp": [], "depth": [], "converged": []} for k in nets}
     for i, (x, y) in enumerate(batches(sizes.warmup + sizes.steps, BATCH, SEQ)):
         for name, model in nets.items():
-            seconds, out = timed(lambda: train_step(model, opts[name], x, y))
+            with compiled_kernels() if name.endswith(FUSED) else contextlib.nullcontext():
+                seconds, out = timed(lambda: train_step(model, opts[name], x, y))
             if i < sizes.warmup:
                 continue
             f3, fbp = step_flops(name, model, out)
@@ -159,7 +183,7 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
     for name, model in nets.items():
         c = model.parameter_counts()
         cfg = model.cfg
-        if name == "transformer":
+        if family(name) == "transformer":
             desc = f"{cfg.n_layer} blocks"
         elif name.startswith("attractor"):
             solve = cfg.solve
@@ -181,7 +205,7 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
         g3 = median([f / s / 1e9 for f, s in zip(r["flops3"], r["seconds"])])
         gbp = median([f / s / 1e9 for f, s in zip(r["flops_bp"], r["seconds"])])
         d = median(r["depth"])
-        if name == "transformer":
+        if family(name) == "transformer":
             iters = "-"
         else:
             iters = f"{d:.0f} f-evals" if name.startswith("attractor") else f"{d:.1f} loops"
@@ -196,30 +220,37 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
                  "GFLOP/s (3 x fwd)", "of peak", "GFLOP/s (fwd + 2 x bp)", "of peak",
                  "tokens/s vs transformer"], rows)
     for name in nets:
+        if name.endswith(FUSED):  # same round, same batch: the ratio of the pair
+            eager, fused = rec[family(name)]["seconds"], rec[name]["seconds"]
+            ratios = [e / f for e, f in zip(eager, fused)]
+            print(f"{family(name)}: fused / eager tokens/s, median of per-round ratios {median(ratios):.2f} "
+                  f"(range {min(ratios):.2f} to {max(ratios):.2f})")
+    for name in nets:
         r = rec[name]
         if name.startswith("attractor"):
             print(f"{name}: f-evaluations per timed step {min(r['depth']):.0f} to {max(r['depth']):.0f} "
                   f"(at most {nets[name].cfg.solve.max_iter + 1}); tokens converged to tol "
                   f"{min(r['converged']):.3f} to {max(r['converged']):.3f}")
-        elif name == "looped":
-            print(f"looped: mean sampled depth per timed step {min(r['depth']):.1f} to {max(r['depth']):.1f}")
+        elif family(name) == "looped":
+            print(f"{name}: mean sampled depth per timed step {min(r['depth']):.1f} to {max(r['depth']):.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 warm-up round, median of 3")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    parser.add_argument("--kernels", action="store_true", help="add each model with the fused C++ kernels")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
     command = "python -m bench.throughput" + (" --quick" if args.quick else "") + \
-        (f" --threads {args.threads}" if args.threads != 1 else "")
+        (f" --threads {args.threads}" if args.threads != 1 else "") + (" --kernels" if args.kernels else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
     before = matmul_gflops(sizes.matmul_repeats)
     print(f"  matmul before: {before:.0f} GFLOP/s", flush=True)
-    result = measure(sizes)
+    result = measure(sizes, fused=args.kernels and fused_kernels_available("fused-kernel rows"))
     after = matmul_gflops(sizes.matmul_repeats)
     print(f"  matmul after: {after:.0f} GFLOP/s", flush=True)
     report(sizes, result["nets"], result["rec"], (before, after))
