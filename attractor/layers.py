@@ -24,9 +24,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._functorch.utils import unwrap_dead_wrappers  # what Function.apply does with its arguments
 
 from attractor import kernels
+
+try:  # what Function.apply does with its arguments before the C++ apply (private; torch 2.1+)
+    from torch._functorch.utils import unwrap_dead_wrappers
+except ImportError:  # older torch: _apply falls back to Function.apply
+    unwrap_dead_wrappers = None
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -51,7 +55,7 @@ def _apply(function: type[torch.autograd.Function], *args: Any) -> Any:
     transforms: the wrapper binds default arguments through inspect.signature at every call,
     about 60 us, which these Functions (no defaults) do not need; 21 calls per forward of
     transformer-1m. Under vmap/grad/jacrev the wrapper is needed, and used."""
-    if torch._C._are_functorch_transforms_active():
+    if unwrap_dead_wrappers is None or torch._C._are_functorch_transforms_active():
         return function.apply(*args)
     return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
 
