@@ -43,7 +43,7 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
     raises RuntimeError (one line) where they cannot be built."""
     global _ENABLED
     if enabled:
-        check_compiler()
+        build()
     previous, _ENABLED = _ENABLED, enabled
     try:
         yield
@@ -68,7 +68,7 @@ def plain_backward(g: Tensor) -> bool:
 
 def ops() -> Any:
     """torch.ops.attractor_cpu, the fused kernels, built or loaded on first call."""
-    check_compiler()
+    build()
     return torch.ops.attractor_cpu
 
 
@@ -83,7 +83,7 @@ def _vector_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if capability == "AVX2" else []
 
 
-def check_compiler() -> None:
+def build() -> None:
     """Build (or load from the cache) the kernels; raise RuntimeError, one line, where they cannot
     be built (no C++ compiler or ninja, say). Loads once per process; a failed build is retried."""
     global _LOADED
@@ -97,12 +97,12 @@ def check_compiler() -> None:
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), torch.__version__.encode()])).hexdigest()[:12]
     name = f"attractor_cpu_{key}"
     root = Path(os.environ.get("ATTRACTOR_KERNELS_DIR") or Path.home() / ".cache" / "attractor" / "kernels")
-    build = root / name
+    directory = root / name
     try:
-        build.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # compiler-version notes; a failure raises below
             warnings.simplefilter("ignore")
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, build_directory=str(build),
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, build_directory=str(directory),
                                is_python_module=False, verbose=False)
         _LOADED = True
     except Exception as e:  # compiler output runs to pages; say what failed in one line

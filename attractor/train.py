@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_stats, evaluate
-from attractor.kernels import check_compiler, compiled_kernels
+from attractor.kernels import build as build_kernels, compiled_kernels
 from attractor.models.base import ModelOutput
 from attractor.schema import check_fields, require
 
@@ -234,7 +234,7 @@ class Trainer:
             self.net = torch.compile(self.net)
         if cfg.kernels == "compiled":
             try:
-                check_compiler()
+                build_kernels()
             except RuntimeError as e:
                 raise ConfigError(f"train.kernels=compiled: {e}") from None
         self.train_batches, self.val_batches, self.evaluate_fn = train_batches, val_batches, evaluate

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attractor.kernels import check_compiler
+from attractor.kernels import build as build_kernels
 from attractor.layers import Block, init_weights
 from attractor.models import build
 from attractor.models.base import ModelOutput
@@ -270,7 +270,7 @@ def fused_kernels_available(rows: str) -> bool:
     """Whether attractor.kernels' C++ kernels build here; if not, print which `rows` of the
     benchmark are left out and why (one line)."""
     try:
-        check_compiler()
+        build_kernels()
         return True
     except RuntimeError as e:
         print(f"no {rows}: {e}")

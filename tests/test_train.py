@@ -153,7 +153,7 @@ def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
     from attractor.models import from_config
 
     try:
-        fused.check_compiler()
+        fused.build()
     except RuntimeError as e:
         pytest.skip(str(e))
     used = []
@@ -186,7 +186,7 @@ def test_compiled_kernels_without_a_compiler_is_a_config_error(monkeypatch):
         raise RuntimeError("compiled kernels could not be built from kernels_cpu.cpp (they need a C++ compiler "
                            "and ninja): no compiler")
 
-    monkeypatch.setattr(train_module, "check_compiler", broken)
+    monkeypatch.setattr(train_module, "build_kernels", broken)
     with pytest.raises(ConfigError, match="^train.kernels=compiled: .*C\\+\\+ compiler"):
         Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled"))
     with pytest.raises(ConfigError, match="kernels"):
