@@ -240,10 +240,16 @@ def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0) -> tuple[Tensor, 
         if torch.is_grad_enabled() and qkv.requires_grad:
             return _apply(_QKVHeads, qkv, cos, sin, n_head)[:3]
         q, k, _ = kernels.ops().norm_rotary(qkv, cos, sin, n_head)
-        return q, k, qkv[..., 2 * d:].view(b, t, n_head, size).transpose(1, 2)
+        return q, k, _v_heads(qkv, n_head)
     qk, v = qkv.split([2 * d, d], dim=-1)  # backward: one cat (two slices would each add a zero-filled copy)
     q, k = norm_rotary(qk.view(b, t, 2, n_head, size).permute(2, 0, 3, 1, 4), base).unbind(0)
     return q, k, v.view(b, t, n_head, size).transpose(1, 2)
+
+
+def _v_heads(qkv: Tensor, n_head: int) -> Tensor:
+    """v of the qkv projection (B, T, 3D) as a (B, H, T, K) view."""
+    b, t, d3 = qkv.shape
+    return qkv[..., 2 * d3 // 3:].view(b, t, n_head, d3 // (3 * n_head)).transpose(1, 2)
 
 
 class _QKVHeads(torch.autograd.Function):
@@ -255,8 +261,7 @@ class _QKVHeads(torch.autograd.Function):
     @staticmethod
     def forward(qkv: Tensor, cos: Tensor, sin: Tensor, n_head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         q, k, r = kernels.ops().norm_rotary(qkv, cos, sin, n_head)
-        b, t, d3 = qkv.shape
-        return q, k, qkv[..., 2 * d3 // 3:].view(b, t, n_head, d3 // (3 * n_head)).transpose(1, 2), r
+        return q, k, _v_heads(qkv, n_head), r
 
     @staticmethod
     def setup_context(ctx, inputs: tuple[Tensor, Tensor, Tensor, int], output: tuple[Tensor, ...]) -> None:
