@@ -26,7 +26,7 @@ import dataclasses
 import json
 import sys
 
-from attractor.errors import ConfigError
+from attractor.errors import ConfigError, DiskFullError, Interrupted
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -396,3 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as err:
         print(f"attractor: error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:
+        print(f"attractor: error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as err:
+        print(f"attractor: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("attractor: interrupted", file=sys.stderr)
+        return 130

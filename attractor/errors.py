@@ -14,7 +14,21 @@ from collections.abc import Callable, Iterable
 
 
 class ConfigError(ValueError):
-    """A name, option or value that the caller got wrong; the CLI prints it as one line."""
+    """A name, option or value that the caller got wrong; the CLI prints it as one line (exit 2)."""
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space (or quota); the CLI prints it as one line (exit 1). The
+    message names the directory and the space the write needed; nothing earlier was damaged."""
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after saving its state; the CLI prints the message as one line
+    and exits with `exit_code` (130 for SIGINT, 143 for SIGTERM: 128 + the signal number)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def check_name(name: str, allowed: Iterable[str], what: str) -> None:
