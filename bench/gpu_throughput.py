@@ -1,6 +1,6 @@
 """Training throughput and peak memory of attractor-140m against transformer-140m on one GPU, bf16.
 
-Issue 8, point 7: the paper's smallest pair at its own shape (vocabulary 32768, context 2048;
+The paper's smallest pair at its own shape (vocabulary 32768, context 2048;
 SPEC 2.1), each trained by the library's Trainer (bf16 autocast, Muon for the blocks' matrices
 on CUDA, AdamW for the rest) on uniformly random tokens. The two models take turns, one training
 step each per round (as bench.yardstick does), a few warm-up rounds, then the median over the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness (tracker issue 8, point 7), under 8 minutes on one H200:
+# GPU readiness, under 8 minutes on one H200:
 #   1. the CUDA-marked tests (tests/test_cuda.py: every family in bf16 autocast, fixed-point
 #      gradients on CUDA against the CPU, trainer steps on CUDA, a CUDA checkpoint loaded on CPU);
 #   2. bf16 training throughput and peak memory (torch.cuda.max_memory_allocated) of

@@ -1,4 +1,4 @@
-"""The puzzle models (issue 10): stablemax loss, PuzzleTransformer, TRM, AttractorReasoner.
+"""The puzzle models: stablemax loss, PuzzleTransformer, TRM, AttractorReasoner.
 
 Tiny sizes (d=32, 4x4 Sudoku-like inputs of 16 cells, vocab 6) keep the file fast.
 Run: .venv/bin/python -m pytest -q tests/models/test_puzzle_models.py
