@@ -60,8 +60,7 @@ from attractor.errors import ConfigError
 from attractor.evaluate import depth_sweep
 from attractor.fixedpoint import fixed_point, spectral_radius
 from attractor.models import from_config
-from attractor.models.attractor_lm import AttractorLM
-from attractor.models.deq import DEQLM
+from attractor.models.equilibrium import solve_equilibrium
 from attractor.models.looped import LoopedLM
 from attractor.run import load_run, save, validation
 from attractor.train import Callbacks, Trainer
@@ -131,18 +130,6 @@ def group(name: str, steps: int, seeds: list[int]) -> list[Spec]:
 # Measurements at one evaluation
 
 
-def equilibrium(model: nn.Module, idx: Tensor):
-    """(stack, injection x, start y0) of an equilibrium model's solve on tokens idx (B, T):
-    the map is stack.map(x); None for models without one."""
-    if isinstance(model, AttractorLM):
-        c = model.propose(idx)
-        return model.attractor, c, c
-    if isinstance(model, DEQLM):
-        x = model.inject(idx)
-        return model.deq, x, torch.zeros_like(x)
-    return None
-
-
 def realised_flops(model: nn.Module, row: dict) -> float:
     """Forward FLOPs per token at a sweep row's realised depth (mean loops, or evaluations)."""
     if not model.has_depth:
@@ -175,8 +162,8 @@ def token_difficulty(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> 
         losses.append(nn.functional.cross_entropy(out.logits.flatten(0, 1), targets.flatten(), reduction="none"))
         prefix.append(out.info.iters.flatten() if solve.stop == "token" else
                       out.info.iters.repeat_interleave(idx.shape[1]))
-        stack, x, y0 = equilibrium(model, idx)
-        _, info = fixed_point(stack.map(x), y0, solver=solve.solver, grad="onestep", tol=solve.tol,
+        problem = model.equilibrium(idx)
+        _, info = fixed_point(problem.f, problem.y0, solver=solve.solver, grad="onestep", tol=solve.tol,
                               max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore", trace=True,
                               batch_dims=2)
         below = info.trace.flatten(0, 1) < solve.tol  # (B*T, n_evals); column k: after k steps
@@ -198,12 +185,12 @@ def token_difficulty(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> 
 def contraction(model: nn.Module, idx: Tensor) -> dict | None:
     """Spectral radius of the map's Jacobian at the start y0 and at the adaptive fixed point,
     per validation sequence of idx (B, T) (equilibrium models only)."""
-    stack, x, y0 = equilibrium(model, idx)
     with torch.no_grad():
-        y_star, _ = stack(x, y0, None)
-    f, gen = stack.map(x.detach()), torch.Generator().manual_seed(0)
-    return {"rho_start": spectral_radius(f, y0.detach(), n_iter=20, generator=gen).tolist(),
-            "rho_fixed": spectral_radius(f, y_star, n_iter=20, generator=gen).tolist()}
+        problem = model.equilibrium(idx)
+        y_star, _ = solve_equilibrium(problem)
+    gen = torch.Generator().manual_seed(0)
+    return {"rho_start": spectral_radius(problem.f, problem.y0, n_iter=20, generator=gen).tolist(),
+            "rho_fixed": spectral_radius(problem.f, y_star, n_iter=20, generator=gen).tolist()}
 
 
 @torch.no_grad()
@@ -217,7 +204,7 @@ def measure(model: nn.Module, val: list[tuple[Tensor, Tensor]]) -> dict:
         record = {"sweep": {str(r["iters"]): r["val_loss"] for r in sweep},
                   "adaptive": {k.removeprefix("val_"): v for k, v in adaptive.items() if k != "iters"},
                   "flops_per_token": realised_flops(model, adaptive)}
-        if isinstance(model, (AttractorLM, DEQLM)):
+        if hasattr(model, "equilibrium"):  # the equilibrium models publish their map and start
             record["contraction"] = contraction(model, val[0][0][:SPECTRAL_SEQS])
             record["per_token"] = token_difficulty(model, val[:TOKEN_BATCHES])
         return record
@@ -347,6 +334,7 @@ def speed(name: str, steps: int, seed: int, threads: int, rounds: int) -> dict:
                                    "s_per_step": mean, "tokens_per_s": run.train.batch_size * run.model.seq_len / mean,
                                    "peak_mb": peak_memory(spec, threads)}
         print(f"{label}: {json.dumps(result['models'][label])}", flush=True)
+    (CLAIMS / name).mkdir(parents=True, exist_ok=True)  # atomic writes create no directories
     io.atomic_write_json(CLAIMS / name / "speed.json", result)
     return result
 

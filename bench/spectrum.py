@@ -71,8 +71,8 @@ def attractor_1m_map(d: int, seq: int):
     model = build("attractor-1m", d=d, n_head=N_HEAD).double().eval()
     idx = torch.randint(0, model.cfg.vocab_size, (1, seq), generator=torch.Generator().manual_seed(SEED))
     with torch.no_grad():
-        c = model.propose(idx)  # (1, T, D)
-    return c, model.attractor_map(c)
+        problem = model.equilibrium(idx)  # start: the proposal c (1, T, D)
+    return problem.y0, problem.f
 
 
 def make_map(d: int, seq: int, gain):

@@ -1,10 +1,11 @@
 """Picard, Anderson and Broyden on a trained attractor's map: evaluations and wall time to tolerance.
 
 Issue 8, point 4. bench.solvers compares the solvers on one block at initialisation, where the
-map is nearly constant; a trained map is what a deployed model solves. This loads an AttractorLM
-checkpoint (by default the equal-step attractor-1m run of bench.lm_claims), takes validation
-batches of its own data, and solves the model's own problem, f(y) = H(y + c) - y from y0 = c,
-exactly as its adaptive forward does (one problem per token, prefix stopping) with each solver:
+map is nearly constant; a trained map is what a deployed model solves. This loads an equilibrium
+language model's checkpoint (by default the equal-step attractor-1m run of bench.lm_claims; a
+DEQLM's works too), takes validation batches of its own data, and solves the model's own problem,
+`model.equilibrium(idx)` (an Attractor's f(y) = H(y + c) - y from y0 = c), one problem per token
+with prefix stopping, as its adaptive forward does with stop="token", with each solver:
 
     evals      evaluations of f over the batch (each costs a whole batch through H)
     ms         median wall time of one solve (no gradient)
@@ -27,7 +28,7 @@ import torch
 
 from attractor.data import prepare
 from attractor.fixedpoint import Anderson, Broyden, Picard, fixed_point
-from attractor.models.attractor_lm import AttractorLM
+from attractor.models.equilibrium import Equilibrium
 from attractor.run import load_run, validation
 from bench.common import code_line, env_line, median, print_table
 from bench.lm_report import CLAIMS
@@ -37,15 +38,16 @@ SOLVERS = {"picard": Picard(), "anderson m=5": Anderson(m=5), f"broyden m={Broyd
 
 
 @torch.no_grad()
-def solve_once(model: AttractorLM, c: torch.Tensor, solver, tol: float, max_iter: int):
-    """One per-token, prefix-stopped solve of the model's map from its proposal c (B, T, D)."""
-    return fixed_point(model.attractor_map(c), c, solver=solver, grad="onestep", tol=tol, max_iter=max_iter,
-                       on_fail="ignore", batch_dims=2, prefix_stop=True)
+def solve_once(problem: Equilibrium, solver, tol: float, max_iter: int):
+    """One per-token, prefix-stopped solve of a model's problem (its map, from its start)."""
+    return fixed_point(problem.f, problem.y0, solver=solver, grad="onestep", tol=tol, max_iter=max_iter,
+                       on_fail="ignore", batch_dims=2, prefix_stop=problem.causal)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.trained_solvers", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default=str(DEFAULT_RUN), help="an AttractorLM run or checkpoint directory")
+    parser.add_argument("--checkpoint", default=str(DEFAULT_RUN),
+                        help="an AttractorLM or DEQLM run or checkpoint directory")
     parser.add_argument("--tols", default="1e-3,1e-4", help="comma-separated tolerances (relative, per token)")
     parser.add_argument("--max-iter", type=int, default=100)
     parser.add_argument("--batches", type=int, default=1, help="validation batches (the run's batch shape)")
@@ -54,11 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _, run, step = load_run(args.checkpoint)
-    if not isinstance(model, AttractorLM):
-        raise SystemExit(f"error: {args.checkpoint} holds a {type(model).__name__}, not an AttractorLM")
+    if run.task != "text" or not hasattr(model, "equilibrium"):
+        raise SystemExit(f"error: {args.checkpoint} holds a {type(model).__name__}, not an equilibrium language model")
     batches = validation(run, prepare(run.data, progress=False))[: args.batches]
     with torch.no_grad():
-        proposals = [model.propose(idx) for idx, _ in batches]
+        problems = [model.equilibrium(idx) for idx, _ in batches]
     print(f"python -m bench.trained_solvers --checkpoint {args.checkpoint} (step {step}), "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}")
     rows = []
@@ -66,12 +68,12 @@ def main(argv: list[str] | None = None) -> None:
         results = {}
         for label, solver in SOLVERS.items():
             evals, seconds, converged = 0, 0.0, []
-            for c in proposals:
-                solve_once(model, c, solver, tol, args.max_iter)  # warm-up
+            for problem in problems:
+                solve_once(problem, solver, tol, args.max_iter)  # warm-up
                 times = []
                 for _ in range(args.repeats):
                     start = time.perf_counter()
-                    _, info = solve_once(model, c, solver, tol, args.max_iter)
+                    _, info = solve_once(problem, solver, tol, args.max_iter)
                     times.append(time.perf_counter() - start)
                 evals += info.n_evals
                 seconds += median(times)
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, (evals, seconds, conv) in results.items():
             rows.append([f"{tol:.0e}", label, evals, f"{seconds * 1e3:.0f}", f"{seconds * 1e3 / evals:.1f}",
                          f"{conv:.3f}", f"{evals / base_evals:.2f}", f"{seconds / base_s:.2f}"])
-    b, t, _ = proposals[0].shape
-    print_table(f"Solvers on the trained map ({len(proposals)} validation batch(es) of {b} x {t}, per-token "
+    b, t, _ = problems[0].y0.shape
+    print_table(f"Solvers on the trained map ({len(problems)} validation batch(es) of {b} x {t}, per-token "
                 f"prefix-stopped solves, max_iter {args.max_iter}, median of {args.repeats})",
                 ["tol", "solver", "evals", "ms", "ms/eval", "converged", "evals / picard", "time / picard"],
                 rows, left=2, env=env_line())

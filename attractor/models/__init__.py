@@ -3,7 +3,7 @@
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup
 from attractor.models.deq import DEQConfig, DEQLM
-from attractor.models.equilibrium import EquilibriumStack, SolveConfig
+from attractor.models.equilibrium import Equilibrium, EquilibriumStack, SolveConfig, solve_equilibrium
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.puzzle import (
     PuzzleTransformer,

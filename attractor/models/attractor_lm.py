@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
 from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
-from attractor.models.equilibrium import EquilibriumConfig, EquilibriumStack
+from attractor.models.equilibrium import Equilibrium, EquilibriumConfig, EquilibriumStack, solve_equilibrium
 from attractor.schema import require
 
 
@@ -43,6 +43,17 @@ class AttractorLMConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mul
 
 
 class AttractorLM(TiedLM):
+    """The Attractor language model of the module docstring, built from an AttractorLMConfig.
+
+    AttractorLM and DEQLM share the whole solve (EquilibriumStack, `solve_equilibrium`) and differ
+    in the start (the proposal c, or zero), the head (tied, or by default a separate one) and so in
+    what iters=0 decodes. They stay two classes, not one with a start option, because their parts
+    are named for what they are (backbone and attractor here, prelude and deq there), and those
+    names are their checkpoints' state_dict keys, their optimiser groups and their configs' fields
+    (n_backbone >= 1, n_prelude >= 0): one class would choose its attribute names by a flag. What
+    their forwards repeat is the few lines around `solve_equilibrium`.
+    """
+
     def __init__(self, cfg: AttractorLMConfig):
         super().__init__(cfg.vocab_size, cfg.d)
         self.cfg = cfg
@@ -57,9 +68,11 @@ class AttractorLM(TiedLM):
             h = block(h)
         return h
 
-    def attractor_map(self, c: Tensor):
-        """f(y) = H(y + c) - y, the map whose fixed point the model decodes."""
-        return self.attractor.map(c)
+    def equilibrium(self, idx: Tensor) -> Equilibrium:
+        """The problem the forward solves on tokens idx (B, T): the fixed point of
+        f(y) = H(y + c) - y from y0 = c, the proposal (B, T, D); the solve config is cfg.solve."""
+        c = self.propose(idx)
+        return self.attractor.equilibrium(c, c)  # injection c, start c
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         """Decode the fixed point (iters=None), the proposal (0), or exactly `iters` plain steps.
@@ -73,10 +86,10 @@ class AttractorLM(TiedLM):
         """
         check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
         check_depth(iters, "AttractorLM")
-        c = self.propose(idx)  # (B, T, D)
-        y, report = self.attractor(c, c, iters)  # injection c, start y0 = c
+        problem = self.equilibrium(idx)
+        y, report = solve_equilibrium(problem, iters)
         logits, loss = self.decode(y, targets)
-        loss = self.attractor.regularise(loss, c, y)  # + the Jacobian penalty, if configured
+        loss = self.attractor.regularise(loss, problem.f, y)  # + the Jacobian penalty, if configured
         return ModelOutput(logits, loss, **report._asdict())
 
     def param_groups(self) -> list[ParamGroup]:

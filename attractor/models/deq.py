@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
 from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
-from attractor.models.equilibrium import EquilibriumConfig, EquilibriumStack
+from attractor.models.equilibrium import Equilibrium, EquilibriumConfig, EquilibriumStack, solve_equilibrium
 from attractor.schema import require
 
 
@@ -49,6 +49,9 @@ class DEQConfig(EquilibriumConfig):  # plus gate_init, gamma_max, lr_mult, solve
 
 
 class DEQLM(TiedLM):
+    """The DEQ ablation of the module docstring, built from a DEQConfig. Why it is not an
+    AttractorLM with a zero start: see AttractorLM."""
+
     def __init__(self, cfg: DEQConfig):
         super().__init__(cfg.vocab_size, cfg.d, tied=cfg.tied_head)
         self.cfg = cfg
@@ -63,9 +66,11 @@ class DEQLM(TiedLM):
             h = block(h)
         return h
 
-    def equilibrium_map(self, x: Tensor):
-        """f(z) = H(z + x) - z, the map whose fixed point z* the model decodes."""
-        return self.deq.map(x)
+    def equilibrium(self, idx: Tensor) -> Equilibrium:
+        """The problem the forward solves on tokens idx (B, T): the fixed point z* of
+        f(z) = H(z + x) - z from z0 = 0, x the injected input (B, T, D); the solve config is cfg.solve."""
+        x = self.inject(idx)
+        return self.deq.equilibrium(x, torch.zeros_like(x))  # the ablation's zero start
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         """Decode the equilibrium (iters=None), or exactly `iters` plain steps from z = 0.
@@ -80,10 +85,10 @@ class DEQLM(TiedLM):
         """
         check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
         check_depth(iters, "DEQLM")
-        x = self.inject(idx)  # (B, T, D)
-        z, report = self.deq(x, torch.zeros_like(x), iters)  # the ablation's zero start
+        problem = self.equilibrium(idx)
+        z, report = solve_equilibrium(problem, iters)
         logits, loss = self.decode(z, targets)
-        loss = self.deq.regularise(loss, x, z)  # + the Jacobian penalty, if configured
+        loss = self.deq.regularise(loss, problem.f, z)  # + the Jacobian penalty, if configured
         return ModelOutput(logits, loss, **report._asdict())
 
     def param_groups(self) -> list[ParamGroup]:

@@ -1,11 +1,15 @@
-"""The part AttractorLM, DEQLM and the reasoners share: a gated, weight-tied stack H solved to a
-fixed point, and the configuration of that solve.
+"""The part AttractorLM, DEQLM and the reasoners share: the configuration of an equilibrium solve,
+the solve itself, and a gated, weight-tied stack H solved to a fixed point.
 
-With an injection x (B, T, D), the map is f(y) = H(y + x) - y = x + R(y + x), R(h) = H(h) - h
-being the stack's residual branches, and its fixed point is found by `fixed_point` from a start
-the model chooses (the proposal c for an Attractor, zero for a DEQ, the carried state for a
-reasoner). The stack is causal (language models: prefix stopping keeps adaptive depth exactly
-causal) or bidirectional (puzzles: every position sees every other).
+`solve_equilibrium(problem, iters)` is the one solve of every equilibrium model: an `Equilibrium`
+is a map f, a start y0, the SolveConfig and whether f is causal, and each model says what its
+problem is through `model.equilibrium(...)` (public, so that benchmarks solve the model's own
+problem without knowing its parts).
+
+With an injection x (B, T, D), the stack's map is f(y) = H(y + x) - y = x + R(y + x), R(h) = H(h) - h
+being its residual branches, solved from a start the model chooses (the proposal c for an
+Attractor, zero for a DEQ). The stack is causal (language models: prefix stopping keeps adaptive
+depth exactly causal) or bidirectional (puzzles: every position sees every other).
 
 `SolveConfig` holds the solver and gradient-mode objects themselves, so every option of Picard,
 Anderson, Broyden, Implicit, Neumann and Phantom is reachable from a model config, and it
@@ -14,6 +18,7 @@ serialises them with a name tag: a config round-trips through JSON exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -93,13 +98,85 @@ class EquilibriumConfig:
         require(self.jac_penalty >= 0, f"jac_penalty={self.jac_penalty} must be >= 0")
 
 
-class SolveReport(NamedTuple):
-    """The solve's part of a ModelOutput (same field names)."""
+class Equilibrium(NamedTuple):
+    """A model's fixed-point problem on one batch: y* = f(y*), found from y0 as `solve` says.
 
-    depth: Tensor  # (B,) int64 steps of each sequence's slowest token
+    `model.equilibrium(...)` returns the problem its forward solves, and
+    `solve_equilibrium(problem, iters)` solves it exactly as the forward does. Shapes: (B, T, D)
+    for the language models; (B, S, D), or (B, 2S, D) for a joint reasoner, for the puzzle models.
+    """
+
+    f: Callable[[Tensor], Tensor]  # the map (B, *U) -> (B, *U); samples do not interact
+    y0: Tensor  # (B, *U) the start
+    solve: SolveConfig  # solver, gradient mode, tol, min_iter, max_iter and the unit of stopping
+    causal: bool  # unit t of f(y) depends only on units <= t; stop="token" then stops in prefix order
+
+
+class SolveReport(NamedTuple):
+    """How a solve went: the solve's part of a ModelOutput (same field names)."""
+
+    depth: Tensor  # (B,) int64 steps of each sample's slowest unit (token, or the sample itself)
     n_evals: int  # evaluations of f over the batch
-    converged: Tensor | None  # 0-d fraction of tokens below tol (adaptive solves only)
+    converged: Tensor | None  # 0-d fraction of units below tol (adaptive solves only)
     info: FixedPointInfo | None
+
+    def converged_per_sample(self) -> Tensor | None:
+        """(B,) bool: every unit of the sample met tol; None without an adaptive solve."""
+        return None if self.info is None else self.info.converged.reshape(self.depth.shape[0], -1).all(1)
+
+
+# preview(y_i, relative residual or None, i): an iterate before the answer, for a trace
+Preview = Callable[[Tensor, "float | None", int], None]
+
+
+def solve_equilibrium(problem: Equilibrium, iters: int | None = None,
+                      preview: Preview | None = None) -> tuple[Tensor, SolveReport]:
+    """Solve problem.f from problem.y0 to tol (iters=None), or apply f exactly `iters` times.
+
+    Args:
+        problem: the map, its start y0 (B, *U), the SolveConfig and the causality.
+        iters: None solves to tol; k >= 0 takes k plain steps (0 returns y0 itself) with the
+            configured gradient mode attached at the result (Unroll: backprop through the steps).
+        preview: called for the iterates before the answer, i = 1 .. n-1 (a trace shows the
+            answer itself as iteration n): after each of the first k-1 plain steps (residual
+            None), or at every point the solver evaluated f at after y0 but the last, with the
+            largest relative residual of its units there.
+    Returns:
+        y (B, *U) and the SolveReport. With stop="token" every unit (b, t) is its own problem
+        with its own residual, solver state and stopping; in a causal problem a unit stops only
+        once every earlier one has (prefix stopping), so adaptive depth stays exactly causal.
+        With stop="sample" a sample is one problem.
+    """
+    f, y0, solve, causal = problem
+    batch = y0.shape[0]
+    if iters is not None:
+        y = y0
+        unroll = isinstance(solve.grad, Unroll)
+        with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
+            for i in range(1, iters + 1):
+                y = f(y)
+                if preview is not None and i < iters:
+                    preview(y, None, i)
+        if iters > 0 and torch.is_grad_enabled() and not unroll:
+            y = solve.grad.attach(f, y)
+        return y, SolveReport(torch.full((batch,), iters, dtype=torch.long, device=y0.device), iters, None, None)
+    seen: list[Tensor] = []
+    watched = f
+    if preview is not None:
+        def watched(y: Tensor) -> Tensor:  # records every iterate the solver evaluates f at
+            seen.append(y.detach().clone())
+            return f(y)
+    per_token = solve.stop == "token"
+    y, info = fixed_point(watched, y0, solver=solve.solver, grad=solve.grad, tol=solve.tol,
+                          max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore",
+                          trace=preview is not None, batch_dims=2 if per_token else 1,
+                          prefix_stop=per_token and causal)
+    if preview is not None:
+        residuals = info.trace.flatten(0, -2).max(0).values  # (n_evals,) the worst unit's
+        for i in range(1, len(seen) - 1):
+            preview(seen[i], float(residuals[i]), i)
+    depth = info.iters.reshape(batch, -1).max(1).values  # (B,)
+    return y, SolveReport(depth, info.n_evals, info.converged.float().mean(), info)
 
 
 class EquilibriumStack(nn.Module):
@@ -124,6 +201,10 @@ class EquilibriumStack(nn.Module):
 
         return f
 
+    def equilibrium(self, x: Tensor, y0: Tensor) -> Equilibrium:
+        """The problem y = H(y + x) - y of the injection x (B, T, D), from y0 (B, T, D)."""
+        return Equilibrium(self.map(x), y0, self.cfg.solve, self.causal)
+
     def forward(self, x: Tensor, y0: Tensor, iters: int | None) -> tuple[Tensor, SolveReport]:
         """Solve from y0 (iters=None), or apply f exactly `iters` times with the gradient attached.
 
@@ -131,42 +212,25 @@ class EquilibriumStack(nn.Module):
             x: (B, T, D) injection; y0: (B, T, D) start.
             iters: None solves to tol; k >= 0 takes k plain steps (0 returns y0 itself).
         Returns:
-            y (B, T, D) and the SolveReport. With stop="token" every position is its own problem;
-            in a causal stack a position stops only once every earlier one has (prefix stopping),
-            so adaptive depth stays exactly causal; bidirectionally positions stop on their own.
+            y (B, T, D) and the SolveReport (see `solve_equilibrium`): in a causal stack prefix
+            stopping keeps adaptive depth exactly causal; bidirectionally positions stop on
+            their own.
         """
-        solve, f = self.cfg.solve, self.map(x)
-        if iters is None:
-            per_token = solve.stop == "token"
-            y, info = fixed_point(f, y0, solver=solve.solver, grad=solve.grad, tol=solve.tol,
-                                  max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore",
-                                  batch_dims=2 if per_token else 1, prefix_stop=per_token and self.causal)
-            depth = info.iters.flatten(1).max(1).values if per_token else info.iters
-            return y, SolveReport(depth, info.n_evals, info.converged.float().mean(), info)
-        y = y0
-        if iters > 0:
-            unroll = isinstance(solve.grad, Unroll)
-            with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
-                for _ in range(iters):
-                    y = f(y)
-            if torch.is_grad_enabled() and not unroll:
-                y = solve.grad.attach(f, y)
-        depth = torch.full((x.shape[0],), iters, dtype=torch.long, device=x.device)
-        return y, SolveReport(depth, iters, None, None)
+        return solve_equilibrium(self.equilibrium(x, y0), iters)
 
-    def regularise(self, loss: Tensor | None, x: Tensor, y: Tensor) -> Tensor | None:
-        """loss + jac_penalty * (Hutchinson ||J||_F^2 / dim of the map at y, mean over the batch)
+    def regularise(self, loss: Tensor | None, f, y: Tensor) -> Tensor | None:
+        """loss + jac_penalty * (Hutchinson ||J||_F^2 / dim of the map f at y, mean over the batch)
         while training with autograd on and a weight set; the loss unchanged otherwise.
 
-        x: (B, T, D) injection, y: (B, T, D) the solution (detached for the penalty: it measures
-        the map at that point, and its gradient reaches H's weights and x).
+        f: the stack's map (`equilibrium(x, y0).f`), y: (B, T, D) the solution (detached for the
+        penalty: it measures the map at that point, and its gradient reaches H's weights and x).
         """
         if loss is None or self.cfg.jac_penalty == 0 or not (self.training and torch.is_grad_enabled()):
             return loss
         # The penalty's gradient differentiates a vector-Jacobian product (double backward),
         # which the fused attention kernels do not implement: use the plain math kernel here.
         with sdpa_kernel(SDPBackend.MATH):
-            penalty = jacobian_penalty(self.map(x), y.detach()).mean()
+            penalty = jacobian_penalty(f, y.detach()).mean()
         return loss + self.cfg.jac_penalty * penalty
 
     def flops_per_token(self, d: int, seq_len: int, n_evals: float | None) -> float:

@@ -10,8 +10,8 @@ halt_max_steps steps per sample; a sample stops early when q_halt > 0 (ACT with 
 
 AttractorReasoner: Fein-Ashley and Rashidinejad, arXiv 2605.12466 (SPEC 2.2). The inner
 l_cycles loop becomes a fixed-point solve of z_L = net(z_L + z_H + x), warm-started from the
-carried z_L, by `attractor.fixedpoint.fixed_point` (Anderson m=5, at least 4 and at most 8 steps,
-tol 1e-3) and trained by the phantom gradient (k=2). With `joint=True` the whole cycle, the map
+carried z_L, by the equilibrium models' one solve, `solve_equilibrium` (Anderson m=5, at least 4
+and at most 8 steps, tol 1e-3), and trained by the phantom gradient (k=2). With `joint=True` the whole cycle, the map
 (z_H, z_L) -> (net(z_H + z_L'), z_L' = net(z_L + z_H + x)), is solved as one fixed point
 instead (the two states concatenated along the sequence, (B, 2(P+L), D)); h_cycles is then unused.
 
@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.fixedpoint import Anderson, FixedPointInfo, Phantom, Unroll, fixed_point
+from attractor.fixedpoint import Anderson, FixedPointInfo, Phantom
 from attractor.layers import Block, block_flops, init_weights, rms_norm
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, block_groups, check_depth, check_width
-from attractor.models.equilibrium import SolveConfig
+from attractor.models.equilibrium import Equilibrium, Preview, SolveConfig, solve_equilibrium
 from attractor.models.puzzle import PuzzleModel, TraceStep, check_puzzle_batch
 from attractor.schema import check_fields, require
 
@@ -451,13 +451,8 @@ class AttractorReasoner(RecursiveReasoner):
         if not self.cfg.joint:
             return self.cycles(x, z_H, z_L, iters, emit, self.solved_latent)
         s = z_H.shape[1]
-
-        def cycle_map(z: Tensor) -> Tensor:  # (B, 2S, D) = [z_H, z_L] -> one whole cycle
-            z_L = self.net(z[:, s:], z[:, :s] + x)
-            return torch.cat([self.net(z[:, :s], z_L), z_L], dim=1)
-
         preview = None if emit is None else (lambda z, r, i: emit(z[:, :s], r, f"iteration {i}"))
-        z, report = self.solve(cycle_map, torch.cat([z_H, z_L], dim=1), iters, preview)
+        z, report = self.solve(self.equilibrium_at(x, z_H, z_L), iters, preview)
         if emit is not None:
             emit(z[:, :s], worst_residual(report), f"iteration {int(report.depth.max())}")
         return z[:, :s], z[:, s:], StepReport(report.depth, 2 * report.n_evals, report.converged, report.info)
@@ -465,42 +460,36 @@ class AttractorReasoner(RecursiveReasoner):
     def solved_latent(self, x: Tensor, z_H: Tensor, z_L: Tensor, iters: int | None,
                       preview) -> tuple[Tensor, StepReport]:
         """z_L = net(z_L + z_H + x) solved from the carried z_L."""
-        injection = z_H + x
-        return self.solve(lambda z: self.net(z, injection), z_L, iters, preview)
+        return self.solve(self.equilibrium_at(x, z_H, z_L), iters, preview)
 
-    def solve(self, f: Callable[[Tensor], Tensor], z0: Tensor, iters: int | None,
-              preview) -> tuple[Tensor, StepReport]:
-        """The fixed point of f from z0 (iters=None) or k plain steps; the gradient attached."""
+    def equilibrium(self, inputs: Tensor) -> Equilibrium:
+        """The first problem the eval forward solves on puzzles inputs (B, L), from the initial
+        state: the latent update f(z) = net(z + z_H + x) from z_L, each (B, S, D); joint, the
+        whole cycle (see `equilibrium_at`) from [z_H, z_L] (B, 2S, D). The solve config is
+        cfg.solve; bidirectional (causal=False)."""
+        z_H, z_L = self.initial_state(inputs.shape[0])
+        return self.equilibrium_at(self.embed_inputs(inputs), z_H, z_L)
+
+    def equilibrium_at(self, x: Tensor, z_H: Tensor, z_L: Tensor) -> Equilibrium:
+        """The problem a latent update (joint: a whole cycle) solves from the state (z_H, z_L),
+        each (B, S, D), with x (B, S, D) the embedded input."""
         solve = self.cfg.solve
-        batch = z0.shape[0]
-        if iters is not None:
-            z = z0
-            unroll = isinstance(solve.grad, Unroll)
-            with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
-                for i in range(1, iters + 1):
-                    z = f(z)
-                    if preview is not None and i < iters:
-                        preview(z, None, i)
-            if iters > 0 and torch.is_grad_enabled() and not unroll:
-                z = solve.grad.attach(f, z)
-            return z, StepReport(torch.full((batch,), iters, dtype=torch.long, device=z0.device), iters)
-        seen: list[Tensor] = []
-        watched = f
-        if preview is not None:
-            def watched(z: Tensor) -> Tensor:  # records every iterate the solver evaluates f at
-                seen.append(z.detach().clone())
-                return f(z)
-        per_token = solve.stop == "token"
-        z, info = fixed_point(watched, z0, solver=solve.solver, grad=solve.grad, tol=solve.tol,
-                              max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore",
-                              trace=preview is not None, batch_dims=2 if per_token else 1)
-        if preview is not None:  # iterates 1 .. n-1; the caller shows the answer as iteration n
-            residuals = info.trace.flatten(0, -2).max(0).values if per_token else info.trace[0]
-            for i in range(1, len(seen) - 1):
-                preview(seen[i], float(residuals[i]), i)
-        depth = info.iters.flatten(1).max(1).values if per_token else info.iters  # (B,)
-        converged = info.converged.flatten(1).all(1) if per_token else info.converged
-        return z, StepReport(depth, info.n_evals, converged, info)
+        if not self.cfg.joint:
+            injection = z_H + x
+            return Equilibrium(lambda z: self.net(z, injection), z_L, solve, causal=False)
+        s = z_H.shape[1]
+
+        def cycle_map(z: Tensor) -> Tensor:  # (B, 2S, D) = [z_H, z_L] -> one whole cycle
+            z_L = self.net(z[:, s:], z[:, :s] + x)
+            return torch.cat([self.net(z[:, :s], z_L), z_L], dim=1)
+
+        return Equilibrium(cycle_map, torch.cat([z_H, z_L], dim=1), solve, causal=False)
+
+    def solve(self, problem: Equilibrium, iters: int | None,
+              preview: Preview | None) -> tuple[Tensor, StepReport]:
+        """`solve_equilibrium`, reported per sample: converged when every unit of it is."""
+        z, report = solve_equilibrium(problem, iters, preview)
+        return z, StepReport(report.depth, report.n_evals, report.converged_per_sample(), report.info)
 
     def evals_per_step(self) -> int:
         evals = self.cfg.solve.max_iter + 1

@@ -55,7 +55,7 @@ def test_k_iterations_apply_f_k_times():
     idx = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         c = model.propose(idx)
-        f = model.attractor_map(c)
+        f = model.equilibrium(idx).f
         y = c
         for _ in range(3):
             y = f(y)
@@ -70,7 +70,7 @@ def test_adaptive_solve_reaches_the_fixed_point_and_reports_it():
     with torch.no_grad():
         out = model(idx)
         c = model.propose(idx)
-        f = model.attractor_map(c)
+        f = model.equilibrium(idx).f
     info = out.info
     assert info.iters.shape == (2, 16) and out.converged.item() == 1.0
     assert torch.equal(out.depth, info.iters.max(1).values) and (info.residual < 1e-5).all()

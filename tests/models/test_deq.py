@@ -60,7 +60,7 @@ def test_adaptive_solve_reaches_the_equilibrium_plain_iteration_finds():
     with torch.no_grad():
         out = model(idx)
         x = model.inject(idx)
-        f = model.equilibrium_map(x)
+        f = model.equilibrium(idx).f
         z = torch.zeros_like(x)
         for _ in range(200):  # Picard from zero, far past convergence: the reference
             z = f(z)
@@ -78,7 +78,7 @@ def test_fixed_iterations_are_plain_steps_from_zero():
     idx = tokens()
     with torch.no_grad():
         x = model.inject(idx)
-        f = model.equilibrium_map(x)
+        f = model.equilibrium(idx).f
         z = f(f(f(torch.zeros_like(x))))
         torch.testing.assert_close(model(idx, iters=3).logits, model.decode(z, None)[0], rtol=0, atol=0)
 
