@@ -1,4 +1,4 @@
-"""The experiments of tracker issue 8: do the Attractor paper's language claims hold at CPU scale?
+"""Do the Attractor paper's language claims hold at CPU scale?
 
 One driver for every run behind docs/results-lm.md. A run is (preset, --set overrides, seed,
 steps); the library's own Trainer trains it on KJV bytes (the demo's data) into

@@ -1,6 +1,6 @@
 """Picard, Anderson and Broyden on a trained attractor's map: evaluations and wall time to tolerance.
 
-Issue 8, point 4. bench.solvers compares the solvers on one block at initialisation, where the
+bench.solvers compares the solvers on one block at initialisation, where the
 map is nearly constant; a trained map is what a deployed model solves. This loads an equilibrium
 language model's checkpoint (by default the equal-step attractor-1m run of bench.lm_claims; a
 DEQLM's works too), takes validation batches of its own data, and solves the model's own problem,
