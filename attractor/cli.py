@@ -1,13 +1,14 @@
-"""Command line: `attractor <command>` (or `python -m attractor <command>`; `torchrun ... -m
-attractor train` for several processes).
+"""The command line of Attractor Models: train, evaluate and sample language models, build
+puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m attractor
+<command>`, and as `torchrun --nproc_per_node=N -m attractor train ...` for several processes.
 
     attractor models [NAME ...]
     attractor train [--preset] NAME --out DIR [--data PATH|kjv|PUZZLE_DIR] [--steps N] [--set key=value ...]
                     [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
     attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
                     (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
-    attractor generate --checkpoint DIR --prompt TEXT [--max-new-tokens N] [--iters K]
-                    [--temperature T] [--top-k K] [--seed S]
+    attractor generate [--checkpoint] DIR --prompt TEXT [--max-new-tokens N] [--iters K]
+                    [--temperature T] [--top-k K] [--seed S]   (prints as it goes; Ctrl-C keeps it)
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
     attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
@@ -17,6 +18,9 @@ attractor train` for several processes).
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
+Ctrl-C prints one line and exits 130 (`train` first checkpoints the step it reached, and so
+does SIGTERM, exit 143; see docs/training.md); output into a pipe that closed (`| head`) ends quietly
+with 141.
 """
 
 from __future__ import annotations
@@ -49,23 +53,30 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model preset on a corpus into a run directory (or resume the run there)."""
     from attractor import io
-    from attractor.config import RunConfig, run_config
+    from attractor.config import run_config
+    from attractor.memory import check_step_memory
     from attractor.run import train
-    from attractor.train import NonFiniteError
+    from attractor.train import NonFiniteError, check_device
 
+    io.check_writable_dir(args.out, "--out")  # before any work: an unwritable --out fails at once
     args.preset = _one_of(args.preset, args.preset_name, "preset")
     flags = [f"train.{k}={v}" for k, v in (("log_every", args.log_every), ("checkpoint_every", args.checkpoint_every),
                                            ("eval_every", args.eval_every)) if v is not None]
+    # what the user typed: on --resume only these count as changes to the saved run, not defaults
+    typed = [*([f"data.source={args.data}"] if args.data is not None else []),
+             *([f"train.steps={args.steps}"] if args.steps is not None else []), *flags, *args.set]
     if args.preset is None:
         if not args.resume:
             raise ConfigError("--preset is required (see `attractor models`), unless --resume continues a run")
-        if args.data is not None or args.steps is not None or args.set or flags:
-            raise ConfigError("--resume without --preset continues the saved run unchanged: drop the other options")
-        run = RunConfig.from_dict(io.load_checkpoint(args.out, with_state=False).config)
+        run = None  # the saved run's
     else:
         run = run_config(args.preset, [*flags, *args.set], data=args.data, steps=args.steps)
+        # before any data or model is built: a device this machine lacks, a first step too big for memory
+        check_device(run.train.device)
+        check_step_memory(run)
     try:
-        trainer = train(run, args.out, resume=args.resume, progress=not args.quiet)
+        trainer = train(run, args.out, resume=args.resume, settings=typed if args.resume else None,
+                        progress=not args.quiet)
     except NonFiniteError as err:
         print(f"attractor: error: {err}", file=sys.stderr)
         return 1
@@ -88,6 +99,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attractor.evaluate import depth_sweep, parse_depths
     from attractor.run import load_run, validation
 
+    if args.plot:  # checked before the evaluation, which can take minutes
+        from attractor.io import check_writable_file
+
+        check_writable_file(args.plot, "--plot")
     args.checkpoint = _one_of(args.checkpoint, args.run, "checkpoint")
     if args.checkpoint is None:
         raise ConfigError("name the checkpoint or run directory to evaluate: attractor eval RUN")
@@ -95,6 +110,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         depths = parse_depths(args.iters)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    for value, flag in ((args.batches, "--batches"), (args.puzzles, "--puzzles")):
+        if value is not None:
+            _positive(value, flag)
     model, vocab, run, step = load_run(args.checkpoint, settings=args.set)
     if run.task == "puzzles":
         return _eval_puzzles(args, model, run, step, depths, vocab)
@@ -112,8 +130,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{type(model).__name__} at step {step}, {rows[0]['val_tokens']} validation tokens")
         print(f"{'iters':>9} {'loss':>8} {'ppl':>9} {'depth':>6} {'evals':>6} {'converged':>9}")
         for r in rows:
-            print(f"{r['iters']!s:>9} {r['val_loss']:8.4f} {r['val_ppl']:9.3f} {r.get('val_depth', float('nan')):6.2f} "
-                  f"{r.get('val_n_evals', float('nan')):6.1f} {r.get('val_converged', float('nan')):9.3f}")
+            print(f"{r['iters']!s:>9} {r['val_loss']:8.4f} {r['val_ppl']:9.3f} {_cell(r, 'val_depth', '6.2f')} "
+                  f"{_cell(r, 'val_n_evals', '6.1f')} {_cell(r, 'val_converged', '9.3f')}")
         for r in rows:
             if "val_residuals" in r:
                 print("residuals per token (adaptive): " + ", ".join(f"{k}: {v}" for k, v in r["val_residuals"].items()))
@@ -122,6 +140,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         plot_sweep({type(model).__name__: rows}, args.plot)
     return 0
+
+
+def _cell(row: dict, key: str, spec: str) -> str:
+    """row[key] formatted with `spec` ('6.2f'), or a '-' as wide where the column does not apply
+    (the depth of a model without one, the converged share of a loop without a tolerance)."""
+    if row.get(key) is None:
+        return f"{'-':>{int(spec.split('.')[0])}}"
+    return format(row[key], spec)
 
 
 def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[int | None], meta: dict) -> int:
@@ -158,7 +184,7 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
     for r in sweep["iters"] + sweep["steps"]:
         print(f"{r.get('iters', 'adaptive')!s:>9} {r.get('steps', 'all')!s:>6} {r['val_exact']:7.3f} {r['val_cell']:7.3f} "
               f"{r['val_changed']:7.3f} "
-              f"{r['val_loss']:8.4f} {r.get('val_depth', float('nan')):6.2f} {r.get('val_converged', float('nan')):9.3f}")
+              f"{r['val_loss']:8.4f} {_cell(r, 'val_depth', '6.2f')} {_cell(r, 'val_converged', '9.3f')}")
     for r in sweep["iters"]:  # the adaptive row carries these (attractor.evaluate.puzzle_sweep)
         if "val_residuals" in r:
             print("residuals (adaptive): " + ", ".join(f"{k}: {v}" for k, v in r["val_residuals"].items()))
@@ -169,26 +195,65 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Continue a prompt with a trained checkpoint."""
-    from attractor.generate import sample
+    """Continue a prompt with a trained checkpoint, printing the text as it is made."""
+    import math
+
+    from attractor.generate import TextPieces, stream
     from attractor.run import load_run
 
-    model, tokenizer, _, _ = load_run(args.checkpoint)
+    args.checkpoint = _one_of(args.checkpoint, args.run, "checkpoint")
+    if args.checkpoint is None:
+        raise ConfigError("name the checkpoint or run directory to sample from: attractor generate RUN --prompt TEXT")
+    # Options that cannot work are refused before the checkpoint loads, naming the flag.
+    if args.max_new_tokens < 0:
+        raise ConfigError(f"--max-new-tokens {args.max_new_tokens} must be >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number >= 0 (0 is greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k} must be at least 1")
+    if args.iters is not None and args.iters < 0:
+        raise ConfigError(f"--iters {args.iters} must be >= 0")
+    model, tokenizer, run, step = load_run(args.checkpoint)
+    if run.task == "puzzles":
+        raise ConfigError(f"{args.checkpoint} holds a puzzle model ({type(model).__name__} at step {step}); "
+                          "generate continues text (attractor solve runs puzzle models)")
+    if args.top_k is not None and args.top_k > model.cfg.vocab_size:
+        raise ConfigError(f"--top-k {args.top_k} is above the vocabulary of {args.checkpoint} "
+                          f"({model.cfg.vocab_size} tokens)")
     prompt = tokenizer.encode(args.prompt)
+    if not prompt:
+        raise ConfigError("--prompt must hold at least one token (give some text)")
+    tokens = stream(model, prompt, max_new_tokens=args.max_new_tokens, iters=args.iters,
+                    temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    pieces, out = TextPieces(tokenizer.decode), sys.stdout
+    out.write(args.prompt)
+    out.flush()
     try:
-        new = sample(model, prompt, max_new_tokens=args.max_new_tokens, iters=args.iters,
-                     temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    print(args.prompt + tokenizer.decode(new))
+        for token in tokens:
+            piece = pieces.add(token)
+            if piece:
+                out.write(piece)
+                out.flush()  # each piece now, also when stdout is a pipe or a file
+    except KeyboardInterrupt:  # keep what was printed and end its line; main() reports the interrupt
+        out.write("\n")
+        out.flush()
+        raise
+    out.write(pieces.finish() + "\n")
+    out.flush()
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train an Attractor and a Transformer on the embedded corpus; compare, sweep, sample, plot."""
-    from attractor.demo import demo
+    from pathlib import Path
 
-    demo(args.out, steps=args.steps, progress=not args.quiet)
+    from attractor.demo import DEFAULT_OUT, demo
+    from attractor.io import check_writable_dir
+
+    out = Path(args.out)
+    # the default's runs/ is ours to create (demo() does); a --out the user names gets only its last directory
+    check_writable_dir(out.parent if args.out == DEFAULT_OUT and not out.parent.exists() else out, "--out")
+    demo(out, steps=args.steps, progress=not args.quiet)
     return 0
 
 
@@ -200,8 +265,10 @@ def cmd_sudoku(args: argparse.Namespace) -> int:
     if args.action == "rate":
         return sudoku.rate_file(args.file, box=box)
     count = _positive(args.count, "--count")
-    from attractor.io import atomic_write_text
+    from attractor.io import atomic_write_text, check_writable_file
 
+    if args.out:
+        check_writable_file(args.out, "--out")
     lines = [f"{p}\t{r}\n" for p, _, r in sudoku.generate(count, args.rating, rng=args.seed, box=box)]
     if args.out:
         atomic_write_text(args.out, "".join(lines))
@@ -229,8 +296,10 @@ def _positive(value: int, flag: str) -> int:
 def cmd_maze(args: argparse.Namespace) -> int:
     """Mazes: generate N x N mazes with a start, a goal and their shortest path (BFS)."""
     from attractor.data import maze
-    from attractor.io import atomic_write_text
+    from attractor.io import atomic_write_text, check_writable_file
 
+    if args.out:
+        check_writable_file(args.out, "--out")
     mazes = maze.generate(_positive(args.count, "--count"), _positive(args.size, "--size"), args.min_path,
                           rng=args.seed, loops=args.loops)
     if args.csv:  # the official layout (Maze-Hard): source,question,answer,rating (= path length)
@@ -249,7 +318,10 @@ def cmd_maze(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """Build a puzzle dataset: offline from our generators, or the official sets from the hub."""
     from attractor.data import puzzles
+    from attractor.io import check_writable_dir
 
+    if check_writable_dir(args.out, "--out").exists():  # before generating or downloading anything
+        raise ConfigError(f"{args.out} already exists; delete it or choose another --out")
     if args.action == "sudoku":
         out = puzzles.build_sudoku(args.out, args.train, args.test, args.aug, args.rating, args.seed, _box(args.box))
     elif args.action == "maze":
@@ -271,8 +343,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_solve(args: argparse.Namespace) -> int:
     """Solve a Sudoku or a maze with a puzzle checkpoint: the answer, its check, the iterations
     (exit 0 when solved, 1 when not)."""
+    from attractor.io import check_writable_file
     from attractor.solve import solve_command
 
+    if args.html is not None:  # before loading and solving: a page that cannot be written fails at once
+        check_writable_file(args.html, "--html")
     return solve_command(args.kind, args.puzzle, args.checkpoint, trace=args.trace, html=args.html)
 
 
@@ -281,7 +356,10 @@ COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generat
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attractor", description=__doc__.splitlines()[0])
+    from attractor import __version__
+
+    p = argparse.ArgumentParser(prog="attractor", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"attractor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     models = sub.add_parser("models", help=cmd_models.__doc__)
@@ -318,12 +396,14 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
 
     gen = sub.add_parser("generate", help=cmd_generate.__doc__)
-    gen.add_argument("--checkpoint", required=True)
+    gen.add_argument("run", nargs="?", metavar="RUN", help="a checkpoint or a run directory (its newest)")
+    gen.add_argument("--checkpoint", help="the same, as an option")
     gen.add_argument("--prompt", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--max-new-tokens", type=int, default=200, help="at most this many tokens (Ctrl-C stops "
+                     "early and keeps what was printed)")
     gen.add_argument("--iters", type=int, help="recurrent depth (default: adaptive)")
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; finite, >= 0")
+    gen.add_argument("--top-k", type=int, help="sample among the K most likely tokens (1 to the vocabulary size)")
     gen.add_argument("--seed", type=int, default=0)
     dm = sub.add_parser("demo", help=cmd_demo.__doc__)
     dm.add_argument("--out", default="runs/demo")
@@ -405,3 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attractor: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`attractor generate ... | head`)
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as for a process the closed pipe had stopped
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of the text a closed pipe
+    did not take ends quietly instead of printing an 'Exception ignored' message."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file (a test's capture)
+        pass

@@ -17,6 +17,7 @@ unknown key or badly typed value is a ConfigError naming the field.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +196,8 @@ def run_config(preset: str, settings: list[str] = (), *, data: str | None = None
         base = RunConfig(model, TASKS[task].data(), train)
     extra = ([f"data.source={data}"] if data is not None else []) + ([f"train.steps={steps}"] if steps is not None else [])
     run = apply_settings(base, [*extra, *settings])
+    if task == "text":
+        _refuse_puzzle_dataset(preset, run.data.source)
     if task != "puzzles" or run.data.source is None:
         return run
     meta = run.data.load()["meta"]
@@ -202,6 +205,26 @@ def run_config(preset: str, settings: list[str] = (), *, data: str | None = None
     run = apply_settings(base, [*extra, *shape, *settings])
     check_dataset(run, meta)
     return run
+
+
+def puzzle_presets() -> list[str]:
+    """The model presets that train on a puzzle dataset folder (their family's task is puzzles)."""
+    from attractor.models import PRESETS
+
+    return [name for name in PRESETS if task_of(model_config(name)) == "puzzles"]
+
+
+def _refuse_puzzle_dataset(preset: str, source: str | None) -> None:
+    """ConfigError when a language model's --data is a puzzle dataset folder (it holds
+    dataset.json), naming the presets that train on it."""
+    if source is None or not (Path(source) / "dataset.json").is_file():
+        return
+    try:
+        kind = json.loads((Path(source) / "dataset.json").read_text()).get("kind", "puzzle")
+    except (OSError, ValueError, AttributeError):
+        kind = "puzzle"
+    raise ConfigError(f"{source} is a {kind} puzzle dataset, and {preset} is a language model (it reads text); "
+                      f"train a puzzle preset on it: {', '.join(puzzle_presets())}")
 
 
 def check_dataset(run: RunConfig, meta: dict) -> None:

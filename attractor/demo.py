@@ -18,24 +18,29 @@ from attractor.data import prepare
 from attractor.errors import ConfigError
 from attractor.evaluate import depth_sweep
 from attractor.generate import sample
-from attractor.io import atomic_write_json
-from attractor.run import load_run, train, validation
+from attractor.io import atomic_write_json, check_writable_dir
+from attractor.run import holds_run, load_run, train, validation
 
 MODELS = ("attractor-1m", "transformer-1m")
+DEFAULT_OUT = "runs/demo"
 PROMPTS = ("And God said", "The LORD is my")
 
 
-def demo(out: str | Path = "runs/demo", *, steps: int = 300, depths=(0, 1, 2, 4, 8, None), new_tokens: int = 120,
+def demo(out: str | Path = DEFAULT_OUT, *, steps: int = 300, depths=(0, 1, 2, 4, 8, None), new_tokens: int = 120,
          progress: bool = True) -> dict:
-    """Train, compare, sweep, sample and plot; returns (and writes) the summary."""
+    """Train, compare, sweep, sample and plot; returns (and writes) the summary. `out` is created
+    if missing; a missing parent is a ConfigError (except runs/ of the default, created here)."""
     out = Path(out)
+    if out == Path(DEFAULT_OUT):
+        out.parent.mkdir(exist_ok=True)  # the default's runs/ is ours to create; a caller's path is theirs
+    check_writable_dir(out).mkdir(exist_ok=True)  # each model's run goes in a directory inside it
     summary = {"steps": steps, "models": {}}
     for preset in MODELS:
         run = run_config(preset, ["train.eval_every=100", "train.checkpoint_every=100", "train.log_every=10"],
                          steps=steps)
         print(f"== {preset}: {steps} steps of batch {run.train.batch_size} x {run.model.seq_len} bytes")
         start = time.perf_counter()
-        trainer = train(run, out / preset, resume=True, progress=progress)
+        trainer = train(run, out / preset, resume=holds_run(out / preset), progress=progress)
         summary["models"][preset] = {"train_seconds": round(time.perf_counter() - start, 1), "tokens": trainer.tokens}
 
     print("\n== evaluation on the validation split")

@@ -101,7 +101,8 @@ def read_sudoku(text: str, box: tuple[int, int] = (3, 3)) -> Puzzle:
     """A Sudoku from text: n*n cells (n = box rows * box cols), digits 1..n and '.' or '0' for a
     blank, whitespace ignored; a line `PUZZLE<tab>RATING` (attractor sudoku generate) reads as
     PUZZLE. ConfigError (one line) for a wrong number of cells, a bad character (the first, with
-    its row and column) or clues that contradict each other (the row, column or box, and digit)."""
+    its row and column), clues that contradict each other (the row, column or box, and digit) or
+    clues that no grid completes (the classical solver, attractor.data.sudoku, finds none)."""
     n = sudoku.geometry(box).n
     fields = text.split()
     if len(fields) == 2 and len(fields[0]) == n * n and fields[1].isdigit():
@@ -118,7 +119,16 @@ def read_sudoku(text: str, box: tuple[int, int] = (3, 3)) -> Puzzle:
         grid = sudoku.parse(cells, box)  # names the unit and digit of contradictory clues
     except ConfigError as err:
         raise ConfigError(f"Sudoku: {err}") from None
+    if sudoku.solve(grid, box).n_solutions == 0:
+        raise ConfigError("Sudoku has no solution: no row, column or box repeats a clue, but no grid completes "
+                          "the clues (attractor sudoku rate FILE checks puzzles)")
     return Puzzle("sudoku", sudoku.render(grid, SUDOKU_BLANK), n, tuple(box))
+
+
+def several_solutions(puzzle: Puzzle) -> bool:
+    """Whether a Sudoku has more than one solution (the classical solver counts them up to 2);
+    False for a maze, whose answer check accepts any shortest path."""
+    return puzzle.kind == "sudoku" and sudoku.solve(puzzle.cells, puzzle.box).n_solutions > 1
 
 
 def read_maze(text: str, size: int | None = None) -> Puzzle:
@@ -362,8 +372,10 @@ def solve_command(kind: str, source: str, checkpoint: str | Path, *, trace: bool
                   html: str | Path | None = None, out=None) -> int:
     """`attractor solve sudoku|maze`: read the puzzle (`source`: a Sudoku string, or a file, '-'
     for stdin), solve it with the checkpoint's model, print the answer, its check and the
-    iterations (with `trace`, every frame first), and with `html` write the page there.
-    Returns 0 when the answer solves the puzzle, 1 when it does not; bad input is a ConfigError."""
+    iterations (with `trace`, every frame first), and with `html` write the page there. A Sudoku
+    with several solutions gets a note line: the check accepts any of them.
+    Returns 0 when the answer solves the puzzle, 1 when it does not; bad input, an unsolvable
+    puzzle included, is a ConfigError before the model runs."""
     import sys
 
     out = sys.stdout if out is None else out
@@ -378,8 +390,10 @@ def solve_command(kind: str, source: str, checkpoint: str | Path, *, trace: bool
     solution = solve(model, puzzle, trace=trace or html is not None)
     if trace:
         out.write(trace_text(solution) + "\n")
+    note = (f"note: this puzzle has more than one solution; any grid that keeps the clues and the rules counts\n"
+            if several_solutions(puzzle) else "")
     out.write(f"{name} on a {puzzle.describe()}\n{puzzle.show(solution.answer)}\n"
-              f"{'solved' if solution.verdict.ok else 'not solved'}: {solution.verdict.message}\n"
+              f"{'solved' if solution.verdict.ok else 'not solved'}: {solution.verdict.message}\n{note}"
               f"{iterations_line(solution)}\n")
     if html is not None:
         from attractor.page import write_page

@@ -19,6 +19,10 @@ A plain loop, nanoGPT-style, around four ideas:
 Distributed: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
 (gloo on CPU, nccl on CUDA); each rank draws its rows of the same global batch, and only rank 0
 logs and writes checkpoints.
+
+Stopping: during fit(), SIGINT (Ctrl-C) and SIGTERM ask the loop to stop after the current step;
+it then writes a checkpoint, as at a last step, and raises attractor.errors.Interrupted (exit
+code 130 or 143). Under torchrun the ranks agree on the step (one all-reduce per step).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,7 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from attractor.errors import ConfigError
+from attractor.errors import ConfigError, Interrupted
 from attractor.evaluate import depth_stats, evaluate
 from attractor.kernels import build as build_kernels, compiled_kernels
 from attractor.models.base import ModelOutput
@@ -137,12 +143,59 @@ def distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
+def check_device(name: str | torch.device, what: str = "train.device") -> None:
+    """ConfigError unless `name` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps', ...) is a device this
+    machine has: torch would otherwise fail deep inside the first `.to()` with an assertion."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what}={name!r} is not a device: auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else f", and this torch ({torch.__version__}) is built without CUDA"
+            raise ConfigError(f"{what}={name}: this machine has no CUDA device{build}; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{what}={name}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                              f"(cuda:0 to cuda:{count - 1})")
+        return
+    if device.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:  # xpu and the other accelerators with a torch.<type> module (meta and the like have none)
+        backend = getattr(torch, device.type, None)
+        if not hasattr(backend, "is_available"):
+            raise ConfigError(f"{what}={name} is not a device to run a model on: auto, cpu, cuda, cuda:N or mps")
+        available = backend.is_available()
+    if not available:
+        raise ConfigError(f"{what}={name}: this machine has no {device.type} device; use cpu or auto")
+
+
+def pick_device(name: str | torch.device, local_rank: int) -> torch.device:
+    """The device `name` names ('auto': the local rank's CUDA device if there is one, else the
+    CPU); ConfigError where this machine lacks it (check_device)."""
+    check_device(name)
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's keyword that stops it copying rank 0's buffers at every forward: forward_sync_buffers
+    where torch has it (2.13 deprecates broadcast_buffers with a FutureWarning on every rank),
+    else broadcast_buffers. The new one still copies the buffers once, when DDP wraps the model,
+    which changes nothing here: every rank builds the model from the same seed, and a resume
+    loads the same checkpoint into each afterwards."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 class NonFiniteError(RuntimeError):
@@ -227,7 +280,7 @@ class Trainer:
         # Buffers stay each rank's own: a recursive puzzle model may keep its carry (its rows'
         # state across supervision steps) in buffers, which DDP would overwrite with rank 0's.
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[local_rank] if self.device.type == "cuda" else None,
-                                                        broadcast_buffers=False)
+                                                        **_no_buffer_sync())
                     if self.world > 1 else None)
         self.net = self.ddp or self.model  # what the training step calls
         if cfg.compile:
@@ -242,6 +295,7 @@ class Trainer:
         self.optimizers = make_optimizers(self.model, cfg)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: wsd(s, cfg)) for o in self.optimizers]
         self.step, self.tokens, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
+        self.stop_signal = 0  # SIGINT or SIGTERM received during fit(), 0: none (see fit)
         if cfg.precision == "bfloat16" or (cfg.precision == "auto" and self.device.type == "cuda"):
             self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
         else:
@@ -314,9 +368,45 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------
 
     def fit(self) -> None:
-        """Train from the current step to cfg.steps, logging, evaluating and checkpointing."""
-        with compiled_kernels(self.cfg.kernels == "compiled"):
+        """Train from the current step to cfg.steps, logging, evaluating and checkpointing.
+
+        SIGINT or SIGTERM (handled during fit() only, in the main thread) stops the run after the
+        current step: a checkpoint is written through the checkpoint callback and Interrupted is
+        raised (exit code 128 + the signal's number), naming the step. A second signal stops a
+        single process at once (Interrupted from the handler, no checkpoint); under torchrun it
+        is ignored, see _stop_on_signals.
+        """
+        with compiled_kernels(self.cfg.kernels == "compiled"), self._stop_on_signals():
             self._fit()
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT and SIGTERM set self.stop_signal for the loop to see, the previous handlers
+        coming back after; outside the main thread (where Python cannot handle signals) nothing
+        is installed."""
+        self.stop_signal = 0
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if not self.stop_signal:
+                self.stop_signal = signum
+            elif self.world == 1:
+                raise Interrupted(f"{signal.Signals(signum).name} again at step {self.step}: stopped at once, "
+                                  "without a checkpoint", 128 + signum)
+            # Under torchrun a repeat is expected and ignored: the terminal's Ctrl-C reaches every
+            # worker, then the agent forwards the signal once more; the agent itself sends SIGKILL
+            # if the workers outlast its own timeout.
+
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in previous:
+            signal.signal(number, handler)
+        try:
+            yield
+        finally:
+            for number, old in previous.items():  # None: a handler not set from Python
+                signal.signal(number, old if old is not None else signal.SIG_DFL)
 
     def _fit(self) -> None:
         cfg, cb = self.cfg, self.callbacks
@@ -326,7 +416,11 @@ class Trainer:
         while self.step < cfg.steps and not last:
             record = self.train_step()
             cb.progress(record)
-            last = self.step == cfg.steps or self._out_of_time(started)
+            out_of_time, stop_signal = self._should_stop(started)
+            last = self.step == cfg.steps or out_of_time
+            # a stop asked for mid-run keeps the logs an uninterrupted run writes: no extra log
+            # line or evaluation at this step, only its checkpoint (a last step ends the run anyway)
+            interrupted = bool(stop_signal) and not last
             if self.step % cfg.log_every == 0 or last:
                 now = time.perf_counter()
                 record["tokens_per_s"] = (self.tokens - window_tokens) / max(now - window_start, 1e-9)
@@ -337,20 +431,25 @@ class Trainer:
                 result = {"step": self.step, "tokens": self.tokens, **self.evaluate()}
                 if self.rank == 0:
                     cb.evaluate(result)
-            if (cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0) or last:
+            if (cfg.checkpoint_every is not None and self.step % cfg.checkpoint_every == 0) or last or interrupted:
                 if self.rank == 0:
                     cb.checkpoint(self.step)
                 if self.world > 1:
                     dist.barrier()  # no rank runs ahead of a checkpoint it may be asked to resume from
+            if interrupted:
+                how = "interrupted" if stop_signal == signal.SIGINT else f"stopped by {signal.Signals(stop_signal).name}"
+                raise Interrupted(f"{how} at step {self.step} (checkpoint written)", 128 + stop_signal)
 
-    def _out_of_time(self, started: float) -> bool:
-        """Whether cfg.time_limit has passed; under DDP the slowest rank's clock decides for all."""
-        if self.cfg.time_limit is None:
-            return False
-        over = torch.tensor(float(time.perf_counter() - started >= self.cfg.time_limit), device=self.device)
-        if self.world > 1:
-            dist.all_reduce(over, op=dist.ReduceOp.MAX)
-        return bool(over)
+    def _should_stop(self, started: float) -> tuple[bool, int]:
+        """(whether cfg.time_limit has passed, the number of a stop signal received or 0). Under
+        DDP one all-reduce (MAX) per step makes both the same on every rank: the slowest rank's
+        clock, any rank's signal."""
+        over = self.cfg.time_limit is not None and time.perf_counter() - started >= self.cfg.time_limit
+        if self.world == 1:
+            return over, self.stop_signal
+        flags = torch.tensor([float(over), float(self.stop_signal)], device=self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), int(flags[1])
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -376,6 +475,10 @@ class Trainer:
             opt.load_state_dict(s)
         for sched, s in zip(self.schedulers, state["schedulers"]):
             sched.load_state_dict(s)
+            # The rate of the next step from this run's schedule, as LambdaLR computes it: the
+            # saved one for the same run, the new length's where a resume changed train.steps.
+            for group, base_lr, factor in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base_lr * factor(sched.last_epoch)
         self.train_batches.load_state_dict(json.loads(state["data"]))
         if (self.ema is None) != ("ema" not in state):
             raise ConfigError("the checkpoint and this run disagree on train.ema (an average of the weights or none)")
@@ -387,6 +490,8 @@ class Trainer:
 
 
 def write_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line (rank 0 only calls this)."""
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    """Append one JSON line (rank 0 only calls this): the whole line or, on a full disk, nothing
+    and a DiskFullError."""
+    from attractor.io import append_text
+
+    append_text(path, json.dumps(record) + "\n")

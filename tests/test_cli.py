@@ -80,7 +80,8 @@ def test_eval_with_other_solve_settings(capsys, trained):
     assert row["val_depth"] == 6 and row["val_n_evals"] == 7  # every token forced to 6 steps: 6 + 1 evaluations
     assert main(["eval", str(out), "--iters", "adaptive", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["sweep"][0]["val_depth"] < 6  # the saved solve stops earlier
-    one_line_error(capsys, 2, ["eval", str(out), "--set", "model.d=64"], "weights do not fit")
+    one_line_error(capsys, 2, ["eval", str(out), "--set", "model.d=64"],
+                   "--set model.d=64 does not fit the trained weights")
     one_line_error(capsys, 2, ["eval", str(out), "--set", "min_iterz=1"], "min_iterz")
 
 

@@ -254,6 +254,10 @@ def test_solve_trace_prints_every_refinement_of_a_recursive_model(runs, capsys):
     assert code == (0 if check(puzzle, answer).ok else 1)
 
 
+# 6x6 clues that repeat nothing, yet leave row 1, column 1 no digit: 1-3 in its row, 4-6 in its column
+NO_COMPLETION = "...123" "......" "4....." "5....." "6....." "......"
+
+
 @pytest.mark.parametrize("argv, match", [
     (["sudoku", "1" * 35, "@sudoku"], "Sudoku has 35 cells, expected 36 (6x6)"),
     (["sudoku", HARD, "@sudoku"], "Sudoku has 81 cells (9x9), expected 36 (6x6)"),
@@ -266,6 +270,7 @@ def test_solve_trace_prints_every_refinement_of_a_recursive_model(runs, capsys):
     (["maze", "@file", "@sudoku"], "holds a model of sudokus"),
     (["maze", "/no/such/maze.txt", "@maze"], "cannot read '/no/such/maze.txt'"),
     (["maze", "@file", "@maze"], "maze is 9x9, this model solves 7x7 mazes"),
+    (["sudoku", NO_COMPLETION, "@sudoku"], "Sudoku has no solution: no row, column or box repeats a clue"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, capsys, tmp_path, monkeypatch, argv, match):
     kind, puzzle, checkpoint = argv
@@ -278,3 +283,16 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, capsys, tmp_path,
     err = captured.err.strip()
     assert err.count("\n") == 0 and err.startswith("attractor: error:") and match in err, err
     assert captured.out == "" and not (tmp_path / "page.html").exists()
+
+
+def test_a_sudoku_with_several_solutions_is_solved_with_a_note(runs, capsys):
+    note = "note: this puzzle has more than one solution; any grid that keeps the clues and the rules counts"
+    empty = "." * 36
+    code = main(["solve", "sudoku", empty, "--checkpoint", str(runs["sudoku"])])
+    lines = capsys.readouterr().out.splitlines()
+    answer = expected_answer(runs["sudoku"], read_sudoku(empty, (2, 3)))
+    assert code == (0 if check(read_sudoku(empty, (2, 3)), answer).ok else 1)
+    assert lines.count(note) == 1 and lines[-2] == note and lines[-3].startswith(("solved: ", "not solved: "))
+    made, _, _ = sudoku.generate(1, rng=4, box=(2, 3))[0]           # a unique one: no note
+    main(["solve", "sudoku", made, "--checkpoint", str(runs["sudoku"])])
+    assert note not in capsys.readouterr().out

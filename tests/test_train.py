@@ -25,6 +25,8 @@ def test_wsd_schedule_warms_up_holds_and_cools_down():
     factors = [wsd(s, cfg) for s in range(100)]
     assert factors[0] < factors[5] < factors[9] < 1.0 == factors[10] == factors[49] == factors[50]
     assert factors[50] > factors[75] > factors[99] > 0 and abs(factors[75] - 0.5) < 1e-9
+    # the cooldown ends at zero: the last step runs at 1/50 of the rate, the step after would run at none
+    assert factors[99] == 1 / 50 and wsd(100, cfg) == 0.0
 
 
 def test_optimisers_follow_the_models_groups():

@@ -85,25 +85,32 @@ def _augmented_split(inputs: np.ndarray, labels: np.ndarray, rating: np.ndarray,
 
 def write_dataset(out: str | Path, meta: dict, splits: dict[str, dict]) -> Path:
     """Write the splits' arrays and dataset.json into a temporary folder beside `out`, then
-    rename it to `out`, which must not exist yet."""
-    from attractor.io import atomic_write_bytes, atomic_write_text
+    rename it to `out`, which must not exist yet; its parent must (a ConfigError otherwise).
+    Out of space, raises DiskFullError naming the size the dataset needs, and leaves nothing."""
+    from attractor.io import (atomic_write_bytes, atomic_write_text, check_writable_dir, disk_full, is_disk_full,
+                              size_text)
 
-    out = Path(out)
+    out = check_writable_dir(out)
     if out.exists():
         raise ConfigError(f"{out} already exists; delete it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    needs = sum(array.nbytes + 128 for arrays in splits.values() for array in arrays.values()) + 4096  # + headers, json
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
         meta = {"format": FORMAT, "version": VERSION, **meta, "splits": {}}
         for name, arrays in splits.items():
+            (tmp / name).mkdir()
             for key, array in arrays.items():
                 atomic_write_bytes(tmp / name / f"{key}.npy", _npy(array))
             meta["splits"][name] = {"examples": int(len(arrays["inputs"])), "groups": int(len(arrays["rating"]))}
         atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=1) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())
         os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full(out.parent, f"the dataset {out.name}", f"about {size_text(needs)}", err) from err
         raise
     return out
 

@@ -9,7 +9,8 @@ tokenizer.json and meta.json. The key names the corpus, the tokenizer and a hash
 the shards depend on (the corpus's bytes or identity, tokenizer, vocab size, split), so a
 changed file or setting gets a fresh folder and a stale one is never read. A folder is built
 under a temporary name and renamed into place once complete; a lock file serialises builders
-(DDP ranks, two runs), and a loser of the rename race keeps the winner's copy.
+(DDP ranks, two runs), and a loser of the rename race keeps the winner's copy. A build that runs
+out of space removes its temporary folder and raises DiskFullError (one line).
 
 The stream: every document followed by a blank line ("\\n\\n"), tokenised, then split; the last
 `val_fraction` of the tokens is validation, the rest training. A BPE tokenizer is trained on the
@@ -36,7 +37,7 @@ import numpy as np
 
 from attractor.data.corpus import Corpus, open_corpus, read_file
 from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer, train_bpe
-from attractor.io import atomic_write_text, current_umask
+from attractor.io import atomic_write_text, current_umask, disk_full, is_disk_full, size_text
 from attractor.errors import ConfigError
 from attractor.schema import check_fields, require, to_dict
 
@@ -132,6 +133,12 @@ def prepare(cfg: DataConfig, *, rank_zero: bool = True, progress: bool = False) 
             except OSError:
                 if not (final / "meta.json").is_file():
                     raise
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+            shutil.rmtree(tmp, ignore_errors=True)  # first, so that the message counts the space it held as free
+            raise disk_full(root, f"the token cache {key}", f"more than {size_text(written)}", err) from err
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     data = _load(final, from_cache=False)
