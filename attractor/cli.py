@@ -474,20 +474,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, CheckpointError) as err:
-        print(f"attractor: error: {err}", file=sys.stderr)
+        _report(f"attractor: error: {err}")
         return 2
     except DiskFullError as err:
-        print(f"attractor: error: {err}", file=sys.stderr)
+        _report(f"attractor: error: {err}")
         return 1
     except Interrupted as err:
-        print(f"attractor: {err}", file=sys.stderr)
+        _report(f"attractor: {err}")
         return err.exit_code
     except KeyboardInterrupt:
-        print("attractor: interrupted", file=sys.stderr)
+        _report("attractor: interrupted")
         return 130
     except BrokenPipeError:  # the reader of stdout went away (`attractor generate ... | head`)
         _silence_stdout()
         return 141  # 128 + SIGPIPE, as for a process the closed pipe had stopped
+
+
+def _report(line: str) -> None:
+    """One line on stderr in one write, so the lines of torchrun's processes do not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _silence_stdout() -> None:
