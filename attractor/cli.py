@@ -95,9 +95,8 @@ def _one_of(flag, positional, what: str):
 def cmd_eval(args: argparse.Namespace) -> int:
     """Validation loss and perplexity of a checkpoint at each depth, with solve statistics; for a
     puzzle checkpoint exact and cell accuracy on the test split, by depth, supervision steps and rating."""
-    from attractor.data import prepare
-    from attractor.evaluate import depth_sweep, parse_depths
-    from attractor.run import load_run, validation
+    from attractor.evaluate import parse_depths
+    from attractor.run import load_run
 
     if args.plot:  # checked before the evaluation, which can take minutes
         from attractor.io import check_writable_file
@@ -114,8 +113,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value is not None:
             _positive(value, flag)
     model, vocab, run, step = load_run(args.checkpoint, settings=args.set)
-    if run.task == "puzzles":
-        return _eval_puzzles(args, model, run, step, depths, vocab)
+    return EVAL_TABLES[run.task.evaluator](args, model, run, step, depths, vocab)
+
+
+def _eval_text(args: argparse.Namespace, model, run, step: int, depths: list[int | None], tokenizer) -> int:
+    """`attractor eval` of a language model: evaluate.depth_sweep on the run's validation batches."""
+    from attractor.data import prepare
+    from attractor.evaluate import depth_sweep
+    from attractor.run import validation
+
     if args.puzzles is not None or args.data is not None:
         raise ConfigError("--puzzles and --data are for puzzle checkpoints; a language model takes --batches")
     data = prepare(run.data, progress=False)
@@ -170,14 +176,14 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
     if any(data["meta"].get(k) != meta.get(k) for k in geometry):
         mine, theirs = ({k: m[k] for k in geometry if k in m} for m in (meta, data["meta"]))
         raise ConfigError(f"the dataset {run.data.source} holds {theirs}, the checkpoint's model was trained on {mine}")
-    test = test_batches(data["test"], run.train.batch_size // run.train.grad_accum,
+    test = test_batches(data["test"], run.train.micro_batch,
                         _positive(args.puzzles, "--puzzles") if args.puzzles is not None else None)
     if test.n == 0:
         raise ConfigError(f"the dataset {run.data.source} has no test puzzles to evaluate")
     sweep = puzzle_sweep(model, test, depths, steps, ratings=test.ratings)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
-                          "task": "puzzles", "puzzles": test.n, "sweep": sweep["iters"], "steps_sweep": sweep["steps"]}))
+                          "task": run.task.name, "puzzles": test.n, "sweep": sweep["iters"], "steps_sweep": sweep["steps"]}))
         return 0
     print(f"{type(model).__name__} at step {step}, {test.n} test puzzles of {run.data.source}")
     print(f"{'iters':>9} {'steps':>6} {'exact':>7} {'cell':>7} {'changed':>7} {'loss':>8} {'depth':>6} {'converged':>9}")
@@ -192,6 +198,10 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
             print(f"rating {b['rating'][0]}-{b['rating'][1]}: {b['puzzles']} puzzles, exact {b['exact']:.3f}, "
                   f"cell {b['cell']:.3f}, changed {b['changed']:.3f}" + (f", depth {b['depth']:.2f}" if "depth" in b else ""))
     return 0
+
+
+# The `attractor eval` of each evaluator a task names (Task.evaluator): the table prints what it measures.
+EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -214,8 +224,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.iters is not None and args.iters < 0:
         raise ConfigError(f"--iters {args.iters} must be >= 0")
     model, tokenizer, run, step = load_run(args.checkpoint)
-    if run.task == "puzzles":
-        raise ConfigError(f"{args.checkpoint} holds a puzzle model ({type(model).__name__} at step {step}); "
+    if not run.task.continues_text:
+        raise ConfigError(f"{args.checkpoint} holds a {run.task.model_kind} ({type(model).__name__} at step {step}); "
                           "generate continues text (attractor solve runs puzzle models)")
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:
         raise ConfigError(f"--top-k {args.top_k} is above the vocabulary of {args.checkpoint} "
@@ -344,7 +354,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     """Solve a Sudoku or a maze with a puzzle checkpoint: the answer, its check, the iterations
     (exit 0 when solved, 1 when not)."""
     from attractor.io import check_writable_file
-    from attractor.solve import solve_command
+    from attractor.puzzle_solve import solve_command
 
     if args.html is not None:  # before loading and solving: a page that cannot be written fails at once
         check_writable_file(args.html, "--html")

@@ -2,11 +2,13 @@
 
     run = run_config("attractor-1m", ["tol=1e-4", "train.lr=1e-3", "data.tokenizer=bpe"])
 
-The preset names a model (`attractor models` lists them); its family names the task (TASKS):
-language models read text (attractor.data.DataConfig), the puzzle families a puzzle dataset
-folder (attractor.tasks.PuzzleDataConfig), and each task brings its trainer defaults (puzzles:
-TRM's). A puzzle model's seq_len and vocab_size follow the dataset's unless set explicitly, and
-an explicit setting the dataset contradicts is a ConfigError. `--set key=value` reaches any
+The preset names a model (`attractor models` lists them); its family names the task
+(attractor/models/registry.py TASK_OF, a name in attractor.tasks.TASKS): language models read
+text (attractor.data.DataConfig), the puzzle families a puzzle dataset folder
+(attractor.tasks.PuzzleDataConfig), and each task brings its trainer defaults (puzzles: TRM's),
+which a preset may change (registry.PRESET_TRAIN, given beside the preset). A puzzle model's
+seq_len and vocab_size follow the dataset's unless set explicitly, and an explicit setting the
+dataset contradicts is a ConfigError. `--set key=value` reaches any
 field: `model.<field>`, `data.<field>`, `train.<field>`, dotted paths below them
 (`model.solve.solver.m=3`), or a bare field name when exactly one part of the config has it
 (`tol`, `lr`, `steps`, `vocab_size`...). Values are JSON when they parse
@@ -16,80 +18,46 @@ unknown key or badly typed value is a ConfigError naming the field.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from attractor import schema
 from attractor.data import DataConfig
 from attractor.errors import ConfigError, check_name
+from attractor.models import PRESETS, config_from_dict, config_to_dict
 from attractor.models import config as model_config
-from attractor.models import config_from_dict, config_to_dict
-from attractor.models.registry import key_path
-from attractor.tasks import PuzzleDataConfig
+from attractor.models.registry import PRESET_TRAIN, resolve_key, task_name
+from attractor.tasks import TASKS, PuzzleDataConfig, Task, get_task
 from attractor.train import TrainConfig
 
 SECTIONS = ("model", "data", "train")
 
 
-@dataclass(frozen=True)
-class Task:
-    """What a model family trains on: its data config and the trainer's defaults for it."""
-
-    data: type  # the data config class
-    train: TrainConfig  # the trainer's defaults; --set overrides them field by field
-
-
-TASKS: dict[str, Task] = {
-    "text": Task(DataConfig, TrainConfig()),
-    # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW for every parameter (no Muon), lr
-    # 1e-4, betas (0.9, 0.95), weight decay 1.0, EMA 0.999, a linear warmup and then a constant
-    # rate (no cooldown). TRM warms up over 2000 of its ~65k steps; 100 suits CPU runs of a few
-    # thousand (the 27M recipe in docs/training.md sets 2000).
-    "puzzles": Task(PuzzleDataConfig, TrainConfig(lr=1e-4, weight_decay=1.0, betas=(0.9, 0.95), ema=0.999,
-                                                  warmup=100, cooldown=0.0, matrix_optimizer="adamw")),
-}
-TASK_OF_FAMILY = {"puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles"}  # else text
-
-# Presets whose trainer defaults differ from their task's. TRM's lr 1e-4 and EMA 0.999 are made
-# for ~65k steps; over the few hundred to few thousand steps of a CPU run they leave the served
-# (averaged) weights near their initialisation. The CPU puzzle presets therefore default to what
-# docs/results-puzzles.md trained them with: lr 1e-3 and weight decay 0.1 (TRM's lr x wd
-# product), EMA 0.99, a 50-step warmup, batch 64.
-CPU_PUZZLE_TRAIN = {"batch_size": 64, "lr": 1e-3, "weight_decay": 0.1, "ema": 0.99, "warmup": 50}
-PRESET_TRAIN = {preset: CPU_PUZZLE_TRAIN for preset in ("puzzle-transformer-cpu", "trm-cpu", "attractor-reasoner-cpu")}
-
-
-def task_of(model) -> str:
-    """The task name ('text' or 'puzzles') of a model config, from its family."""
-    return TASK_OF_FAMILY.get(config_to_dict(model)["family"], "text")
+def task_of(model) -> Task:
+    """The task a model config trains on (its family's, attractor/models/registry.py TASK_OF)."""
+    return get_task(task_name(model))
 
 
 @dataclass(frozen=True)
 class RunConfig:
     model: object  # a model config of any family (AttractorLMConfig, TransformerConfig, TRMConfig, ...)
-    data: DataConfig | PuzzleDataConfig  # the task's data config (TASKS[task_of(model)].data)
+    data: DataConfig | PuzzleDataConfig  # the data config of the model's task (task_of(model).data_config)
     train: TrainConfig
 
     def __post_init__(self) -> None:
-        task = task_of(self.model)
-        schema.require(type(self.data) is TASKS[task].data,
-                       f"a {config_to_dict(self.model)['family']} model trains on {TASKS[task].data.__name__}, "
+        task = self.task
+        schema.require(type(self.data) is task.data_config,
+                       f"a {config_to_dict(self.model)['family']} model trains on {task.data_config.__name__}, "
                        f"not {type(self.data).__name__}")
-        if task == "text":
-            schema.require(self.model.vocab_size == self.data.vocab_size,
-                           f"model.vocab_size={self.model.vocab_size} must equal data.vocab_size={self.data.vocab_size} "
-                           "(the tokenizer's); set data.vocab_size and the model follows")
+        task.check_config(self.model, self.data)
 
     @property
-    def task(self) -> str:
+    def task(self) -> Task:
         return task_of(self.model)
 
     def to_dict(self) -> dict:
         """JSON-safe data with the model's family tag and the data's task tag; `from_dict`
         rebuilds it exactly."""
-        return {"model": config_to_dict(self.model), "data": {"task": self.task, **schema.to_dict(self.data)},
+        return {"model": config_to_dict(self.model), "data": {"task": self.task.name, **schema.to_dict(self.data)},
                 "train": schema.to_dict(self.train)}
 
     @classmethod
@@ -101,11 +69,11 @@ class RunConfig:
             check_name(key, SECTIONS, "run config section")
         model = config_from_dict(data.get("model", {}))
         fields = dict(data.get("data", {}))
-        task = fields.pop("task", "text")
-        check_name(task, TASKS, "data task")
-        if task != task_of(model):
-            raise ConfigError(f"a {task} data config does not fit a {config_to_dict(model)['family']} model")
-        return cls(model, schema.from_dict(TASKS[task].data, fields), schema.from_dict(TrainConfig, data.get("train", {})))
+        saved = get_task(fields.pop("task", "text"))
+        if saved is not task_of(model):
+            raise ConfigError(f"a {saved.name} data config does not fit a {config_to_dict(model)['family']} model")
+        return cls(model, schema.from_dict(saved.data_config, fields),
+                   schema.from_dict(TrainConfig, data.get("train", {})))
 
 
 def split_setting(text: str) -> tuple[str, str]:
@@ -116,44 +84,19 @@ def split_setting(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _top_names(run: RunConfig, section: str) -> set[str]:
-    """Field names a key may start with in a section (the model's include its solve's)."""
-    names = {f.name for f in dataclasses.fields(getattr(run, section))}
-    if section == "model" and "solve" in names:
-        names |= {f.name for f in dataclasses.fields(run.model.solve)}
-    return names
-
-
-def section_of(key: str, run: RunConfig) -> tuple[str, str]:
-    """(section, path inside it) for an override key, resolving bare names (see module doc)."""
-    head, _, rest = key.partition(".")
-    if head in SECTIONS:
-        if not rest:
-            raise ConfigError(f"--set {key}: name a field of {head}, e.g. {head}.{dataclasses.fields(getattr(run, head))[0].name}")
-        return head, rest
-    owners = [s for s in SECTIONS if head in _top_names(run, s)]
-    if len(owners) > 1:
-        raise ConfigError(f"--set {key}: ambiguous, it is a field of {' and '.join(owners)}; "
-                          f"write {' or '.join(f'{o}.{key}' for o in owners)}")
-    if not owners:
-        known = set().union(*(_top_names(run, s) for s in SECTIONS))
-        check_name(head, known, "config key")
-    return owners[0], key
-
-
 def apply_settings(run: RunConfig, settings: list[str]) -> RunConfig:
     """`run` with each 'key=value' applied in order, validated once at the end (so that
-    `min_iter=40 max_iter=64` works whatever the order). Setting data.vocab_size moves the
-    model's vocabulary with it unless model.vocab_size is set too."""
+    `min_iter=40 max_iter=64` works whatever the order). Keys resolve as
+    attractor.models.registry.resolve_key says (the module doc). Setting data.vocab_size moves
+    the model's vocabulary with it unless model.vocab_size is set too."""
     tree = run.to_dict()
+    sections = {s: getattr(run, s) for s in SECTIONS}
     vocab_set = {"model": False, "data": False}
     for text in settings:
         key, raw = split_setting(text)
-        section, path = section_of(key, run)
-        if section == "model":
-            path = key_path(run.model, path)
+        section, path = resolve_key(key, sections)
         try:
-            value = schema.parse_value(raw, schema.annotation_at(getattr(run, section), path))
+            value = schema.parse_value(raw, schema.annotation_at(sections[section], path))
         except ConfigError:  # a field of a solver chosen by an earlier setting: checked at the end
             value = schema.parse_value(raw, object)
         _set_path(tree[section], path.split("."), value, key)
@@ -181,55 +124,37 @@ def run_config(preset: str, settings: list[str] = (), *, data: str | None = None
                steps: int | None = None) -> RunConfig:
     """The run for a model preset, with `--data`, `--steps` and `--set` applied (in that order).
 
-    Data and trainer start from the task's defaults (TASKS), the trainer's changed where the
-    preset has its own (PRESET_TRAIN: the CPU puzzle presets). Text: the default tokenizer follows
-    the preset's vocabulary, bytes for 256, BPE of that size else. Puzzles: the model's seq_len
-    and vocab_size are set from the dataset before `--set`, which may not contradict it.
+    Data and trainer start from the task's defaults (Task.default_data, Task.train), the
+    trainer's changed where the preset has its own (registry.PRESET_TRAIN: the CPU puzzle
+    presets). Text: the default tokenizer follows the preset's vocabulary, bytes for 256, BPE of
+    that size else. Where the data fixes the model (Task.model_settings: a puzzle dataset's
+    seq_len and vocab_size), those settings come before `--set`, which may not contradict them.
     """
     model = model_config(preset)
     task = task_of(model)
-    train = dataclasses.replace(TASKS[task].train, **PRESET_TRAIN.get(preset, {}))
-    if task == "text":
-        tokenizer = "bytes" if model.vocab_size == 256 else "bpe"
-        base = RunConfig(model, DataConfig(tokenizer=tokenizer, vocab_size=model.vocab_size), train)
-    else:
-        base = RunConfig(model, TASKS[task].data(), train)
+    train = TrainConfig(**{**task.train, **PRESET_TRAIN.get(preset, {})})
+    base = RunConfig(model, task.default_data(model), train)
     extra = ([f"data.source={data}"] if data is not None else []) + ([f"train.steps={steps}"] if steps is not None else [])
     run = apply_settings(base, [*extra, *settings])
-    if task == "text":
-        _refuse_puzzle_dataset(preset, run.data.source)
-    if task != "puzzles" or run.data.source is None:
+    _refuse_other_dataset(preset, task, run.data.source)
+    fixed = task.model_settings(run.data)
+    if not fixed:
         return run
-    meta = run.data.load()["meta"]
-    shape = [f"model.{key}={meta[key]}" for key in ("seq_len", "vocab_size")]
-    run = apply_settings(base, [*extra, *shape, *settings])
-    check_dataset(run, meta)
+    run = apply_settings(base, [*extra, *fixed, *settings])
+    task.check_fit(run)
     return run
 
 
-def puzzle_presets() -> list[str]:
-    """The model presets that train on a puzzle dataset folder (their family's task is puzzles)."""
-    from attractor.models import PRESETS
-
-    return [name for name in PRESETS if task_of(model_config(name)) == "puzzles"]
+def presets_of(task: Task) -> list[str]:
+    """The model presets whose family trains on `task`."""
+    return [name for name in PRESETS if task_of(model_config(name)) is task]
 
 
-def _refuse_puzzle_dataset(preset: str, source: str | None) -> None:
-    """ConfigError when a language model's --data is a puzzle dataset folder (it holds
-    dataset.json), naming the presets that train on it."""
-    if source is None or not (Path(source) / "dataset.json").is_file():
-        return
-    try:
-        kind = json.loads((Path(source) / "dataset.json").read_text()).get("kind", "puzzle")
-    except (OSError, ValueError, AttributeError):
-        kind = "puzzle"
-    raise ConfigError(f"{source} is a {kind} puzzle dataset, and {preset} is a language model (it reads text); "
-                      f"train a puzzle preset on it: {', '.join(puzzle_presets())}")
-
-
-def check_dataset(run: RunConfig, meta: dict) -> None:
-    """ConfigError unless the model takes the puzzle dataset's sequences and tokens."""
-    for key in ("seq_len", "vocab_size"):
-        if getattr(run.model, key) != meta[key]:
-            raise ConfigError(f"model.{key}={getattr(run.model, key)} does not fit the dataset {Path(run.data.source)} "
-                              f"({key} {meta[key]}, {meta['kind']}); drop the setting: the model follows the dataset")
+def _refuse_other_dataset(preset: str, task: Task, source: str | None) -> None:
+    """ConfigError when --data is another task's dataset (a puzzle dataset folder for a language
+    model), naming the presets that train on it."""
+    for other in TASKS.values():
+        what = None if other is task or source is None else other.recognise(source)
+        if what:
+            raise ConfigError(f"{source} is {what}, and {preset} is a {task.model_kind} ({task.reads}); "
+                              f"train a {other.model_kind} preset on it: {', '.join(presets_of(other))}")

@@ -1,11 +1,14 @@
-"""Fused CPU kernels for the block's elementwise parts: the switch, and the C++ they are built from.
+"""Fused CPU kernels for the block's elementwise parts: the per-model switch, and the C++ they are built from.
 
-`compiled_kernels()` (the trainer's `train.kernels=compiled`) makes RMSNorm, QK-norm + RoPE and
-ReLU^2 run, forward and backward, as the C++ kernels of `kernels_cpu.cpp` (their autograd
-Functions are in attractor.layers): each one pass over memory where eager PyTorch makes one per
-op. They give the eager ops' values up to rounding (tests/test_layers.py holds them to the
-textbook block), and transformer-1m then trains at the tokens/s of a classic GPT of its size,
-where eager it reaches 0.92 of it (docs/benchmarks.md, "Hot path").
+`use_fused_kernels(model)` (the trainer's `train.kernels`, `auto` by default) makes RMSNorm,
+QK-norm + RoPE and ReLU^2 of that model run, forward and backward, as the C++ kernels of
+`kernels_cpu.cpp` (their autograd Functions are in attractor.layers): each one pass over memory
+where eager PyTorch makes one per op. The switch is a flag on each module with a fused path (a
+`FusedPath`: the block, its attention and MLP, the models that norm their states), so two models
+in one process may differ. The kernels give the eager ops' values up to rounding
+(tests/test_layers.py holds them to the textbook block), and transformer-1m then trains at the
+tokens/s of a classic GPT of its size, where eager it reaches 0.92 of it (docs/benchmarks.md,
+"Hot path").
 
 The kernels are built on first use with the system's C++ compiler through
 `torch.utils.cpp_extension` (about 15 s; then cached per source, flags, torch version and CPU
@@ -17,44 +20,49 @@ so the switch never changes what can be differentiated.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import platform
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 SOURCE = Path(__file__).with_name("kernels_cpu.cpp")
 
-_ENABLED = False  # set by compiled_kernels()
 _LOADED = False  # the library is loaded into this process (a second load would register its ops twice)
 
+ModelT = TypeVar("ModelT", bound=nn.Module)
 
-@contextlib.contextmanager
-def compiled_kernels(enabled: bool = True) -> Iterator[None]:
-    """Inside the context, RMSNorm, QK-norm + RoPE and ReLU^2 on CPU float32/float64 tensors run
-    as the fused C++ kernels; `enabled=False` forces the eager ops. Process-wide, restored on
-    exit. Entering with enabled=True builds the kernels once per process (cached on disk) and
-    raises RuntimeError (one line) where they cannot be built."""
-    global _ENABLED
+
+class FusedPath:
+    """Mixin of the modules whose forward has a fused path: `fused_kernels` (False unless
+    use_fused_kernels set it on this module) says whether it asks for the fused kernels."""
+
+    fused_kernels: bool = False
+
+
+def use_fused_kernels(model: ModelT, enabled: bool = True) -> ModelT:
+    """Set whether `model`'s RMSNorm, QK-norm + RoPE and ReLU^2 run as the fused C++ kernels
+    (where they serve the tensors, see active_for): the flag of every FusedPath module in it,
+    other models untouched. Enabling builds the kernels once per process (cached on disk) and
+    raises RuntimeError (one line) where they cannot be built, leaving the model as it was.
+    Returns the model."""
     if enabled:
         build()
-    previous, _ENABLED = _ENABLED, enabled
-    try:
-        yield
-    finally:
-        _ENABLED = previous
+    for module in model.modules():
+        if isinstance(module, FusedPath):
+            module.fused_kernels = enabled
+    return model
 
 
 def active_for(x: Tensor) -> bool:
-    """Whether the fused kernels serve x now: switched on, a CPU float32/float64 tensor, and
-    neither torch.compile nor a functorch transform (vmap, grad) tracing it."""
-    return (_ENABLED and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    """Whether the fused kernels can serve x now: a CPU float32/float64 tensor, and neither
+    torch.compile nor a functorch transform (vmap, grad) tracing it. The caller asks only where
+    its module's flag is set."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
             and not torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active())
 
 

@@ -6,11 +6,12 @@ embeddings, QK-norm, ReLU^2 MLP of width 4d, no biases, attention through PyTorc
 Attractor blocks scale each residual branch by a per-channel gate sigmoid(raw) * gamma_max.
 
 The elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) run as eager PyTorch ops with written-out
-backwards by default. Under `attractor.kernels.compiled_kernels()` (the trainer's
-`train.kernels=compiled`) they run, forward and backward, as fused C++ kernels on CPU float32 and
-float64 tensors: the same values up to rounding, one pass over memory each instead of one per op;
-how much faster is in docs/benchmarks.md, "Hot path". Double backward and vmapped backwards
-(Jacobian penalties, jacrev) take the eager formulas either way.
+backwards by default. Called with `fused=True` (by a module whose flag
+`attractor.kernels.use_fused_kernels` set; the trainer's `train.kernels`) they run, forward and
+backward, as fused C++ kernels on CPU float32 and float64 tensors: the same values up to
+rounding, one pass over memory each instead of one per op; how much faster is in
+docs/benchmarks.md, "Hot path". Double backward and vmapped backwards (Jacobian penalties,
+jacrev) take the eager formulas either way.
 
 Dimension letters: B batch, T sequence, D width, H heads, K head size (D / H).
 """
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attractor import kernels
+from attractor.kernels import FusedPath
 
 try:  # what Function.apply does with its arguments before the C++ apply (private; torch 2.1+)
     from torch._functorch.utils import unwrap_dead_wrappers
@@ -33,18 +35,18 @@ except ImportError:  # older torch: _apply falls back to Function.apply
     unwrap_dead_wrappers = None
 
 
-def rms_norm(x: Tensor) -> Tensor:
+def rms_norm(x: Tensor, fused: bool = False) -> Tensor:
     """Parameter-free RMSNorm over the last dim: x / sqrt(mean(x^2) + eps), eps = finfo(dtype).eps.
 
     The values of `F.rms_norm(x, (D,))` up to rounding (the mean square comes from one
     vector_norm pass); half types go to F.rms_norm itself, which computes in float32. On CPU,
     F.rms_norm is a composite of five ops that autograd differentiates one by one; here the
     backward is written out (`_RMSNorm`): about half the cost of forward + backward
-    (docs/benchmarks.md, "Hot path").
+    (docs/benchmarks.md, "Hot path"). `fused`: the C++ kernel where it serves x (attractor.kernels).
     """
     if x.dtype not in (torch.float32, torch.float64):
         return F.rms_norm(x, (x.size(-1),))
-    fused = kernels.active_for(x)
+    fused = fused and kernels.active_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _apply(_RMSNorm, x, fused)[0]
     return kernels.ops().rms_norm(x)[0] if fused else _scaled(x, _rms_scale(x))
@@ -111,10 +113,11 @@ class _RMSNorm(torch.autograd.Function):
         return _rms_backward(x, y, r, g), None
 
 
-def relu_square(x: Tensor) -> Tensor:
+def relu_square(x: Tensor, fused: bool = False) -> Tensor:
     """ReLU(x)^2, the values of `F.relu(x).square()` bit for bit, with a written-out backward
-    2 ReLU(x) g (autograd's own goes through pow and threshold backward)."""
-    fused = kernels.active_for(x)
+    2 ReLU(x) g (autograd's own goes through pow and threshold backward). `fused`: the C++ kernel
+    where it serves x (attractor.kernels)."""
+    fused = fused and kernels.active_for(x)
     if torch.is_grad_enabled() and x.requires_grad:
         return _apply(_ReluSquare, x, fused)
     return kernels.ops().relu_square(x) if fused else _relu_square(x)
@@ -220,20 +223,22 @@ def norm_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
     return rotary(rms_norm(x), base=base)
 
 
-def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0) -> tuple[Tensor, Tensor, Tensor]:
+def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
+              fused: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Attention's q, k and v from the qkv projection (B, T, 3D), channels [q heads | k heads |
     v heads]: q and k normed and rotated, v a view of qkv; (B, H, T, K) each.
 
     Eager: the norm reads the strided q and k once and writes them together as one contiguous
     (2, B, H, T, K) tensor, so the rotation, attention and every backward op after it see
-    contiguous tensors (strided operands made those ops 3x slower). Fused (attractor.kernels): one
-    kernel each way, reading qkv in order and writing q and k laid out as (B, T, H, K), so that
-    attention's output needs no copy for the projection; the backward writes dL/dqkv whole, where
-    autograd would stack q and k's gradients and concatenate v's.
+    contiguous tensors (strided operands made those ops 3x slower). `fused` (attractor.kernels,
+    where the kernel serves qkv and its channels are contiguous): one kernel each way, reading qkv
+    in order and writing q and k laid out as (B, T, H, K), so that attention's output needs no
+    copy for the projection; the backward writes dL/dqkv whole, where autograd would stack q and
+    k's gradients and concatenate v's.
     """
     b, t, d3 = qkv.shape
     d, size = d3 // 3, d3 // (3 * n_head)  # width, head size K
-    if kernels.active_for(qkv) and qkv.stride(-1) == 1:
+    if fused and kernels.active_for(qkv) and qkv.stride(-1) == 1:
         if size % 2:
             raise ValueError(f"rotary embeddings need an even head size, got {size}")
         cos, sin = _rotary_tables(t, size, base, qkv.device, qkv.dtype)
@@ -282,7 +287,7 @@ class _QKVHeads(torch.autograd.Function):
         return torch.cat([gqk, gv.transpose(1, 2).reshape(b, t, d3 // 3)], dim=-1), None, None, None
 
 
-class Attention(nn.Module):
+class Attention(FusedPath, nn.Module):
     """Multi-head self-attention with QK-norm and RoPE; causal or bidirectional."""
 
     def __init__(self, d: int, n_head: int, causal: bool):
@@ -296,12 +301,12 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         h = self.n_head
-        q, k, v = qkv_heads(self.qkv(x), h)  # (B, H, T, K) each
+        q, k, v = qkv_heads(self.qkv(x), h, fused=self.fused_kernels)  # (B, H, T, K) each
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
-class MLP(nn.Module):
+class MLP(FusedPath, nn.Module):
     """ReLU^2 feed-forward of width 4d, no biases."""
 
     def __init__(self, d: int):
@@ -310,7 +315,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * d, d, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(relu_square(self.fc(x)))
+        return self.proj(relu_square(self.fc(x), fused=self.fused_kernels))
 
 
 class Gate(nn.Module):
@@ -328,7 +333,7 @@ class Gate(nn.Module):
         return torch.sigmoid(self.raw) * self.gamma_max  # (D,)
 
 
-class Block(nn.Module):
+class Block(FusedPath, nn.Module):
     """Pre-norm transformer block: x + g_a * attn(norm(x)), then + g_m * mlp(norm(x)).
 
     Gates are optional (gate_init=None: plain residual block). Shapes: (B, T, D) -> (B, T, D).
@@ -344,9 +349,9 @@ class Block(nn.Module):
         self.gate_mlp = Gate(d, gate_init, gamma_max) if gated else None
 
     def forward(self, x: Tensor) -> Tensor:
-        a = self.attn(rms_norm(x))
+        a = self.attn(rms_norm(x, fused=self.fused_kernels))
         x = x + (a if self.gate_attn is None else self.gate_attn() * a)
-        m = self.mlp(rms_norm(x))
+        m = self.mlp(rms_norm(x, fused=self.fused_kernels))
         return x + (m if self.gate_mlp is None else self.gate_mlp() * m)
 
 

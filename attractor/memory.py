@@ -73,7 +73,7 @@ def check_step_memory(run, world: int | None = None, local_world: int | None = N
     free = available_bytes(device)
     if free is None:
         return
-    micro_batch = max(1, run.train.batch_size // run.train.grad_accum // world)
+    micro_batch = max(1, run.train.micro_batch // world)
     bf16 = run.train.precision == "bfloat16" or (run.train.precision == "auto" and device.type == "cuda")
     per_process = step_bytes(run, micro_batch, bf16)
     need = per_process * (local_world if device.type == "cpu" else 1)

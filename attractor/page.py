@@ -1,7 +1,7 @@
 """One self-contained HTML page that steps through a solve: the attractor at work.
 
     from attractor.page import write_page
-    write_page("solve.html", solution, title="TRM on a 9x9 Sudoku")   # solution: attractor.solve.Solution
+    write_page("solve.html", solution, title="TRM on a 9x9 Sudoku")   # solution: attractor.puzzle_solve.Solution
 
 The page needs nothing but itself (inline CSS and JavaScript, the trace embedded as JSON, no
 fonts, images or scripts from elsewhere), so it opens offline and can be mailed. It shows, for
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from attractor.solve import Solution
+    from attractor.puzzle_solve import Solution
 
 
 def page_data(solution: Solution, title: str) -> dict:

@@ -12,11 +12,12 @@ continues from the newest checkpoint that verifies, with the saved configuration
 RESUMABLE settings may change), to the same end, and first cuts the logs back to that
 checkpoint's step, so a killed and resumed run leaves the same logs as an uninterrupted one.
 
-Puzzle runs (the puzzle families, see attractor/config.py TASKS) train on a dataset folder in
-TRM's order (attractor/tasks/puzzles.py), evaluate exact and cell accuracy on the first batches
-of its test split, and save the dataset's description (dataset.json: kind, token ids, box or
-size) in the checkpoint where a language model saves its tokenizer, so that a checkpoint loads
-without its dataset: `load_run` returns that dict in the tokenizer's place.
+The run's task (attractor.tasks: its model family's) loads the data, makes the batches and the
+validation batches, names the evaluator and writes its eval lines, and says what the checkpoint
+keeps beside the weights (tokenizer.json): a language model's tokenizer, or for puzzle runs
+(TRM's order, exact and cell accuracy on the first batches of the test split) the dataset's
+description (dataset.json: kind, token ids, box or size), so that a checkpoint loads without its
+dataset: `load_run` returns that dict in the tokenizer's place.
 """
 
 from __future__ import annotations
@@ -30,19 +31,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attractor import evaluate as evaluation
 from attractor import io
-from attractor.config import RunConfig, apply_settings, check_dataset
-from attractor.data import TokenBatches, Tokenizer, prepare, tokenizer_from_json, val_batches
+from attractor.config import RunConfig, apply_settings
+from attractor.data import Tokenizer
 from attractor.errors import ConfigError, Interrupted
-from attractor.evaluate import evaluate, evaluate_puzzles
 from attractor.models import from_config
-from attractor.tasks import PuzzleBatches, test_batches
 from attractor.train import Callbacks, Trainer, check_device, distributed, pick_device, write_jsonl
-
-
-def tokenizer_text(vocab: Tokenizer | dict) -> str:
-    """What a checkpoint's tokenizer.json holds: the tokenizer, or a puzzle dataset's description."""
-    return json.dumps({"puzzles": vocab} if isinstance(vocab, dict) else vocab.to_json())
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: list[str] = ()
@@ -72,13 +67,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: 
     for name, buffer in model.named_buffers():
         if buffer.is_meta:
             raise io.CheckpointError(f"{ckpt.path}: buffer {name} missing from the weights")
-    if run.task == "puzzles":
-        try:
-            vocab = json.loads(ckpt.tokenizer_json)["puzzles"]
-        except (ValueError, KeyError, TypeError):
-            raise io.CheckpointError(f"{ckpt.path}: tokenizer.json does not describe a puzzle dataset") from None
-    else:
-        vocab = tokenizer_from_json(ckpt.tokenizer_json, where=str(ckpt.path))
+    vocab = run.task.vocab_from_json(ckpt.tokenizer_json, where=str(ckpt.path))
     return model.to(pick_device(device, 0)).eval(), vocab, run, ckpt.step
 
 
@@ -114,32 +103,13 @@ def validation(run: RunConfig, data):
     """The fixed validation batches of a run: micro-batch rows, eval_batches of them (for text,
     windows of the model's context from the validation split; for puzzles, the first puzzles of
     the test split in order). Training, `attractor eval` and the demo all evaluate on these."""
-    micro_batch = run.train.batch_size // run.train.grad_accum
-    if run.task == "puzzles":
-        return test_batches(data["test"], micro_batch, max_puzzles=run.train.eval_batches * micro_batch)
-    return val_batches(data.val, micro_batch, run.model.seq_len, max_batches=run.train.eval_batches)
+    return run.task.validation(run, data)
 
 
 def load_data(run: RunConfig, rank: int = 0, world: int = 1):
     """The run's data, checked against its model: PreparedData for text (rank 0 tokenises, the
     others wait and read its cache), the loaded dataset ({"meta", "train", "test"}) for puzzles."""
-    if run.task == "puzzles":
-        data = run.data.load()
-        check_dataset(run, data["meta"])
-        return data
-    return _data(run, rank, world)
-
-
-def _data(run: RunConfig, rank: int, world: int):
-    """The prepared data (rank 0 tokenises, the others wait and read its cache)."""
-    if world > 1 and rank != 0:
-        dist.barrier()
-    data = prepare(run.data, rank_zero=rank == 0, progress=rank == 0)
-    if world > 1 and rank == 0:
-        dist.barrier()
-    if data.tokenizer.vocab_size != run.model.vocab_size:
-        raise ConfigError(f"tokenizer has {data.tokenizer.vocab_size} tokens but the model expects {run.model.vocab_size}")
-    return data
+    return run.task.load(run, rank, world)
 
 
 def train(run: RunConfig | None, out: str | Path, *, resume: bool = False, settings: list[str] | None = None,
@@ -190,17 +160,11 @@ def _train(run: RunConfig | None, out: Path, lock: io.RunLock, rank: int, world:
     torch.manual_seed(run.train.seed)
     model = from_config(run.model)  # initialised from the seed, then overwritten on resume
     data = load_data(run, rank, world)
-    micro_batch = run.train.batch_size // run.train.grad_accum
-    if micro_batch % world:
-        raise ConfigError(f"batch_size / grad_accum = {micro_batch} must be divisible by the {world} processes")
-    if run.task == "puzzles":
-        batches = PuzzleBatches(data["train"], micro_batch, seed=run.train.seed, rank=rank, world_size=world)
-        vocab, evaluator = data["meta"], evaluate_puzzles
-    else:
-        batches = TokenBatches(data.train, micro_batch, run.model.seq_len, seed=run.train.seed, rank=rank,
-                               world_size=world)
-        vocab, evaluator = data.tokenizer, evaluate
-    val = validation(run, data)
+    task = run.task
+    if run.train.micro_batch % world:
+        raise ConfigError(f"batch_size / grad_accum = {run.train.micro_batch} must be divisible by the {world} "
+                          "processes")
+    batches, val, vocab = task.batches(run, data, rank, world), task.validation(run, data), task.vocab(data)
     metrics, evals = out / "metrics.jsonl", out / "eval.jsonl"
 
     def log_record(record: dict, path: Path) -> None:
@@ -210,11 +174,11 @@ def _train(run: RunConfig | None, out: Path, lock: io.RunLock, rank: int, world:
 
     callbacks = Callbacks(
         log=lambda r: log_record(r, metrics),
-        evaluate=lambda r: (log_record(r, evals), bar.write(_eval_line(r)) if bar.bar else log(_eval_line(r))),
+        evaluate=lambda r: (log_record(r, evals), bar.write(task.eval_line(r)) if bar.bar else log(task.eval_line(r))),
         checkpoint=lambda step: save(trainer, run, vocab, out),
         progress=lambda r: bar.update(r),
     )
-    trainer = Trainer(model, batches, val, run.train, callbacks, evaluate=evaluator)
+    trainer = Trainer(model, batches, val, run.train, callbacks, evaluate=getattr(evaluation, task.evaluator))
     # after validation and the Trainer, which may still refuse the run: a refused run with a new
     # directory leaves none behind; taking the lock creates it (its first write)
     _hold(lock, rank == 0, world, local_rank, then=None if resume else lambda: _refuse_if_held(out))
@@ -351,9 +315,9 @@ def _hold(lock: io.RunLock, take: bool, world: int, local_rank: int, then=None) 
 
 def save(trainer: Trainer, run: RunConfig, vocab: Tokenizer | dict, out: Path) -> Path:
     """Checkpoint the trainer: the served weights, the run config, the tokenizer (or the puzzle
-    dataset's description) and the resume state."""
+    dataset's description: the task's vocab) and the resume state."""
     return io.save_checkpoint(out, trainer.step, model_state=trainer.inference_state_dict(), config=run.to_dict(),
-                              tokenizer_json=tokenizer_text(vocab), state=trainer.state_dict())
+                              tokenizer_json=run.task.vocab_json(vocab), state=trainer.state_dict())
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -378,13 +342,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[tuple[str, object, 
 
 def _changes_text(changes: list[tuple[str, object, object]]) -> str:
     return ", ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
-
-
-def _eval_line(r: dict) -> str:
-    extra = f", depth {r['val_depth']:.1f}" if "val_depth" in r else ""
-    if "val_exact" in r:
-        return f"step {r['step']}: val loss {r['val_loss']:.4f}, exact {r['val_exact']:.3f}, cell {r['val_cell']:.3f}{extra}"
-    return f"step {r['step']}: val loss {r['val_loss']:.4f}, ppl {r['val_ppl']:.2f}{extra}"
 
 
 class _Board:

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 
 from attractor.errors import ConfigError, Interrupted
 from attractor.evaluate import depth_stats, evaluate
-from attractor.kernels import build as build_kernels, compiled_kernels
+from attractor.kernels import build as build_kernels, use_fused_kernels
 from attractor.models.base import ModelOutput
 from attractor.schema import check_fields, require
 
@@ -74,10 +75,12 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA (the local rank's) if available, else CPU
     precision: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the training forward (evaluation stays eager)
-    # compiled: the blocks' elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2) as fused C++
-    # kernels during fit(), training and evaluation (attractor.kernels.compiled_kernels; built on
-    # first use, needs a C++ compiler; CPU float32/float64 only, eager ops elsewhere)
-    kernels: Literal["eager", "compiled"] = "eager"
+    # The blocks' elementwise parts (RMSNorm, QK-norm + RoPE, ReLU^2), training and evaluation:
+    # auto: as fused C++ kernels (attractor.kernels; built on first use with a C++ compiler) where
+    # they serve the run, fp32 on a CPU without train.compile, else the eager ops (without a
+    # compiler: one line on stderr says so); compiled: the fused kernels, or a ConfigError; eager:
+    # the eager ops. Each metrics record names the path ("kernels": "fused" or "eager").
+    kernels: Literal["auto", "eager", "compiled"] = "auto"
     ema: float | None = None  # decay of an average of the weights that evaluation and checkpoints serve; None: off
     # Wall-clock budget in seconds from the start of fit() (evaluations and checkpoints included):
     # the run ends after the step that crosses it, evaluated and checkpointed as at a last step;
@@ -101,6 +104,12 @@ class TrainConfig:
         require(self.checkpoint_every is None or self.checkpoint_every >= 1, "checkpoint_every must be >= 1 or None")
         require(self.ema is None or 0.0 < self.ema < 1.0, f"ema={self.ema} must be in (0, 1) or None")
         require(self.time_limit is None or self.time_limit > 0, f"time_limit={self.time_limit} must be > 0 or None")
+
+    @property
+    def micro_batch(self) -> int:
+        """Sequences per forward and backward over all ranks: batch_size // grad_accum (each
+        rank takes micro_batch // world of them)."""
+        return self.batch_size // self.grad_accum
 
 
 def wsd(step: int, cfg: TrainConfig) -> float:
@@ -285,21 +294,50 @@ class Trainer:
         self.net = self.ddp or self.model  # what the training step calls
         if cfg.compile:
             self.net = torch.compile(self.net)
-        if cfg.kernels == "compiled":
-            try:
-                build_kernels()
-            except RuntimeError as e:
-                raise ConfigError(f"train.kernels=compiled: {e}") from None
+        bf16 = cfg.precision == "bfloat16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        if bf16:
+            self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+        else:
+            self.autocast = contextlib.nullcontext
+        self.kernels = self._pick_kernels(bf16)  # "fused" or "eager": this model's, training and evaluation
+        use_fused_kernels(self.model, self.kernels == "fused")
         self.train_batches, self.val_batches, self.evaluate_fn = train_batches, val_batches, evaluate
         self.ema = EMA(self.model, cfg.ema) if cfg.ema is not None else None
         self.optimizers = make_optimizers(self.model, cfg)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: wsd(s, cfg)) for o in self.optimizers]
         self.step, self.tokens, self.bad_in_a_row, self.skipped = 0, 0, 0, 0
         self.stop_signal = 0  # SIGINT or SIGTERM received during fit(), 0: none (see fit)
-        if cfg.precision == "bfloat16" or (cfg.precision == "auto" and self.device.type == "cuda"):
-            self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
-        else:
-            self.autocast = contextlib.nullcontext
+
+    def _pick_kernels(self, bf16: bool) -> str:
+        """cfg.kernels resolved for this run, "fused" or "eager" (see TrainConfig.kernels), and
+        said once on rank 0: on stdout, or on stderr where auto found no kernels to build."""
+        cfg = self.cfg
+        unserved = (f"this run is on {self.device}" if self.device.type != "cpu" else
+                    "this run autocasts to bfloat16" if bf16 else
+                    "train.compile=true compiles the training forward" if cfg.compile else None)
+        path, note = "eager", None
+        if cfg.kernels == "compiled":
+            if unserved:
+                raise ConfigError(f"train.kernels=compiled: the fused kernels serve float32 on a CPU outside "
+                                  f"train.compile, and {unserved}; use train.kernels=auto or eager")
+            try:
+                build_kernels()
+            except RuntimeError as e:
+                raise ConfigError(f"train.kernels=compiled: {e}") from None
+            path = "fused"
+        elif cfg.kernels == "auto" and not unserved:
+            try:
+                build_kernels()
+                path = "fused"
+            except RuntimeError as e:
+                note = f"attractor: fused CPU kernels unavailable ({e}); training with the eager ops"
+        if self.rank == 0:
+            if note is not None:
+                print(note, file=sys.stderr, flush=True)
+            else:
+                print(f"training with the {'fused CPU kernels' if path == 'fused' else 'eager ops'} "
+                      f"(train.kernels={cfg.kernels})", flush=True)
+        return path
 
     # ---- one step ------------------------------------------------------------------------------
 
@@ -343,7 +381,7 @@ class Trainer:
                                  f"(last at step {self.step}); stopping. Lower the learning rate or check the data.")
         record = {"step": self.step, "loss": float(loss_sum) / self.cfg.grad_accum, "tokens": self.tokens,
                   "lr": self.schedulers[0].get_last_lr()[0] if self.schedulers else 0.0,
-                  "grad_norm": float(grad_norm), "skipped": not finite}
+                  "grad_norm": float(grad_norm), "skipped": not finite, "kernels": self.kernels}
         record.update(depth_stats(outs))
         for key in outs[0].metrics:  # the model's own training metrics, averaged over micro-batches
             record[key] = sum(float(o.metrics[key]) for o in outs) / len(outs)
@@ -376,7 +414,7 @@ class Trainer:
         single process at once (Interrupted from the handler, no checkpoint); under torchrun it
         is ignored, see _stop_on_signals.
         """
-        with compiled_kernels(self.cfg.kernels == "compiled"), self._stop_on_signals():
+        with self._stop_on_signals():
             self._fit()
 
     @contextlib.contextmanager

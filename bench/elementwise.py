@@ -5,7 +5,7 @@ group times its variants in turns on the same tensors (batch 16 x 256, transform
 and prints the median and the ratio to the group's first row.
 
 - rms_norm on (16, 256, 128): ours eager (`attractor.layers.rms_norm`), ours as the fused C++
-  kernel (`attractor.kernels.compiled_kernels()`, the trainer's `train.kernels=compiled`),
+  kernel (`rms_norm(x, fused=True)`, what the trainer's default `train.kernels=auto` runs on a CPU),
   PyTorch's fused op (`torch.ops.aten._fused_rms_norm`, present on CPU), `F.layer_norm` (the
   GPT's, for scale).
 - the MLP activation on (16, 256, 512): ours eager (`relu_square`), ours fused, `F.gelu` (the
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attractor.kernels import compiled_kernels
 from attractor.layers import qkv_heads, relu_square, rms_norm
 from bench.common import code_line, fused_kernels_available, median, print_table, timed
 
@@ -42,12 +41,11 @@ B, T, D, H = 16, 256, 128, 4
 
 def fwd_bwd(fn: Callable[[Tensor], Tensor | tuple[Tensor, ...]], x: Tensor, grad: Tensor | tuple[Tensor, ...],
             fused: bool = False) -> Callable[[], None]:
-    """One forward of fn(x) and its backward with `grad` (one per output), as a thunk; `fused`:
-    inside attractor.kernels.compiled_kernels()."""
+    """One forward of fn(x) and its backward with `grad` (one per output), as a thunk; fn takes
+    `fused` as a keyword where given (the fused kernel's rows)."""
     def step() -> None:
         x.grad = None
-        with compiled_kernels(fused):
-            torch.autograd.backward(fn(x), grad)
+        torch.autograd.backward(fn(x, fused=True) if fused else fn(x), grad)
     return step
 
 
@@ -119,7 +117,7 @@ def main() -> None:
     g_heads = tuple(torch.randn(B, T, H, D // H).transpose(1, 2) for _ in range(3))  # as attention's backward gives them
     heads = {"ours (qkv_heads)": fwd_bwd(lambda t: qkv_heads(t, H), qkv, g_heads)}
     if fused:
-        heads["ours, fused kernel"] = fwd_bwd(lambda t: qkv_heads(t, H), qkv, g_heads, fused=True)
+        heads["ours, fused kernel"] = fwd_bwd(lambda t, fused: qkv_heads(t, H, fused=fused), qkv, g_heads, fused=True)
     heads["split into heads (GPT)"] = fwd_bwd(split_heads, qkv, g_heads)
     if args.compile:
         heads["textbook, compiled"] = fwd_bwd(torch.compile(textbook_qk, dynamic=False), qkv, g_heads)

@@ -82,12 +82,12 @@ CHILD_TIMEOUT_S = 900
 @dataclass(frozen=True)
 class Sizes:
     batch: int
-    iters: tuple[int, ...]
+    depths: tuple[int, ...]  # T: loops of the looped model, solver steps (max_iter, tol=0) of the attractors
     repeats: int  # timed steps per configuration, after one warm-up step
 
 
-FULL = Sizes(batch=16, iters=(4, 8, 16, 32, 64), repeats=3)
-QUICK = Sizes(batch=2, iters=(4, 64), repeats=1)
+FULL = Sizes(batch=16, depths=(4, 8, 16, 32, 64), repeats=3)
+QUICK = Sizes(batch=2, depths=(4, 64), repeats=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def measure_memory(sizes: Sizes) -> dict:
     results = {}
     for kind in MODELS:
         mem, sec = [], []
-        for iters in sizes.iters:
+        for iters in sizes.depths:
             need_mb, need_s = predicted(mem, iters), predicted(sec, iters)
             room_mb = min(LIMIT_MB, available_mb() - 1024)
             if need_mb > room_mb:
@@ -207,7 +207,7 @@ def measure_time(sizes: Sizes, memory: dict) -> dict:
     """{(kind, T): median seconds per training step}, for the configurations not skipped."""
     times = {}
     data = batches(sizes.repeats + 1, sizes.batch, SEQ)
-    for iters in sizes.iters:
+    for iters in sizes.depths:
         kinds = [k for k in MODELS if "skipped" not in memory[k, iters]]
         models = {k: make(k, iters) for k in kinds}
         opts = {k: optimizer(models[k]) for k in kinds}
@@ -240,7 +240,7 @@ def slope(points: list[tuple[int, float]]) -> float:
 
 
 def report(sizes: Sizes, memory: dict, times: dict) -> None:
-    first = sizes.iters[0]
+    first = sizes.depths[0]
     counts_rows = []
     for kind in MODELS:
         model = make(kind, first)
@@ -259,7 +259,7 @@ def report(sizes: Sizes, memory: dict, times: dict) -> None:
 
     def table(title, get, fmt):
         rows = []
-        for iters in sizes.iters:
+        for iters in sizes.depths:
             row = [iters]
             for kind in MODELS:
                 v, v0 = value(kind, iters, get), value(kind, first, get)
@@ -277,7 +277,7 @@ def report(sizes: Sizes, memory: dict, times: dict) -> None:
           "models take turns in one process", lambda k, t: times[k, t], lambda v: f"{v:.2f}")
 
     rows = []
-    for iters in sizes.iters:
+    for iters in sizes.depths:
         row = [iters]
         for kind in MODELS:
             r = memory[kind, iters]
@@ -295,15 +295,15 @@ def report(sizes: Sizes, memory: dict, times: dict) -> None:
     print_table("Counts: f-evaluations of the forward solve (+ adjoint solve), loops; MB of distinct tensors "
                 "saved for backward (parameters excluded)",
                 ["T", *(f"{k} {col}" for k in MODELS for col in ("evals", "saved MB"))], rows)
-    skipped = [f"{k} T={t}: {memory[k, t]['skipped']}" for k in MODELS for t in sizes.iters
+    skipped = [f"{k} T={t}: {memory[k, t]['skipped']}" for k in MODELS for t in sizes.depths
                if "skipped" in memory[k, t]]
     if skipped:
         print("skipped: " + "; ".join(skipped))
-    bad = [f"{k} T={t}" for k in ATTRACTORS for t in sizes.iters
+    bad = [f"{k} T={t}" for k in ATTRACTORS for t in sizes.depths
            if "skipped" not in memory[k, t] and not memory[k, t]["evals_ok"]]
     print("n_evals == T + 1 for every AttractorLM run: " + ("yes" if not bad else "NO: " + ", ".join(bad)))
     for kind in MODELS:
-        pts = [(t, memory[kind, t]["peak_mb"]) for t in sizes.iters if "skipped" not in memory[kind, t]]
+        pts = [(t, memory[kind, t]["peak_mb"]) for t in sizes.depths if "skipped" not in memory[kind, t]]
         per_iter = round(slope(pts), 1) + 0.0  # no "-0.0"
         line = f"{kind}: peak memory slope {per_iter:.1f} MB per iteration (least squares over T)"
         if kind == "looped" and slope(pts) > 0:

@@ -90,11 +90,11 @@ class Sizes:
     repeats: int  # timed solves per solver, after one warm-up
     linear_budget: int = 2000  # most f-evaluations per linear solve (Picard at rho 0.99 needs ~430)
     block_budget: int = 300  # most f-evaluations per block solve
-    memory_iters: tuple[int, ...] = (4, 8, 16, 32, 64)  # max_iter values of (d)
+    memory_max_iter: tuple[int, ...] = (4, 8, 16, 32, 64)  # max_iter values of (d)
 
 
 FULL = Sizes(n=1024, repeats=5)
-QUICK = Sizes(n=256, repeats=2, memory_iters=(4, 64))
+QUICK = Sizes(n=256, repeats=2, memory_max_iter=(4, 64))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def memory_child(mode: str, max_iter: int) -> None:
 def bench_memory(sizes: Sizes) -> None:
     results = {}
     for mode in ("implicit", "unroll"):
-        for k in sizes.memory_iters:
+        for k in sizes.memory_max_iter:
             cmd = [sys.executable, "-m", "bench.solvers", "--memory-child", f"{mode}:{k}",
                    "--threads", str(torch.get_num_threads())]
             child = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
@@ -392,18 +392,18 @@ def bench_memory(sizes: Sizes) -> None:
             results[mode, k] = json.loads(child.stdout.strip().splitlines()[-1])
 
     def cell(mode, k, key):
-        value, first = results[mode, k][key], results[mode, sizes.memory_iters[0]][key]
+        value, first = results[mode, k][key], results[mode, sizes.memory_max_iter[0]][key]
         return f"{value:.0f} (x{value / first:.1f})" if first > 0 else f"{value:.0f}"
 
     rows = [[str(k), str(results["unroll", k]["n_evals"]), cell("implicit", k, "rss_mb"),
              cell("unroll", k, "rss_mb"), cell("implicit", k, "saved_mb"), cell("unroll", k, "saved_mb")]
-            for k in sizes.memory_iters]
+            for k in sizes.memory_max_iter]
     print_table(f"(d) one forward + backward on the gated block (picard, tol 0), MB; (x ratio to "
-                f"max_iter={sizes.memory_iters[0]}); peak RSS above baseline in a fresh process each",
+                f"max_iter={sizes.memory_max_iter[0]}); peak RSS above baseline in a fresh process each",
                 ["max_iter", "f-evals", "implicit peak RSS", "unroll peak RSS", "implicit saved", "unroll saved"],
                 rows, env=env(torch.float32))
-    unroll = [results["unroll", k]["rss_mb"] for k in sizes.memory_iters]
-    implicit = [results["implicit", k]["rss_mb"] for k in sizes.memory_iters]
+    unroll = [results["unroll", k]["rss_mb"] for k in sizes.memory_max_iter]
+    implicit = [results["implicit", k]["rss_mb"] for k in sizes.memory_max_iter]
     grows = all(b > a for a, b in zip(unroll, unroll[1:]))
     flat = max(implicit) - min(implicit) < 0.1 * (unroll[-1] - unroll[0])
     print(f"sanity: unroll grows with max_iter: {'yes' if grows else 'NO'}; implicit flat (spread "

@@ -27,10 +27,11 @@ FLOPs per training step, two ways:
 Threads default to 1, as in bench.solvers: the 2-core machine is shared, and two-thread kernels
 stall whenever another job holds a core; --threads 2 measures both cores.
 
-`--kernels` adds each model again as "<name>, fused": the same seed and batches, trained inside
-`attractor.kernels.compiled_kernels()` (the trainer's `train.kernels=compiled`: the blocks'
-elementwise parts as fused C++ kernels, in the solver's no-grad iterations too), taking turns
-with the others; the last column then also gives fused over eager per model.
+The models run the eager ops (`train.kernels=eager`), set explicitly. `--kernels` adds each model
+again as "<name>, fused": the same seed and batches, with `attractor.kernels.use_fused_kernels`
+(what the trainer's default `train.kernels=auto` picks on a CPU: the blocks' elementwise parts as
+fused C++ kernels, in the solver's no-grad iterations too), taking turns with the others; the
+last column then also gives fused over eager per model.
 
 Run:  python -m bench.throughput            3 warm-up rounds, median of 10
       python -m bench.throughput --quick    1 warm-up round, median of 3 (~1 minute)
@@ -40,14 +41,13 @@ Run:  python -m bench.throughput            3 warm-up rounds, median of 10
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from attractor.kernels import compiled_kernels
+from attractor.kernels import use_fused_kernels
 from attractor.models import ModelOutput
 from bench.common import (
     SEED,
@@ -146,9 +146,9 @@ def models(fused: bool = False) -> dict[str, nn.Module]:
         "attractor-min6": lambda: attractor_lm(min_iter=6),
         "looped": looped_lm,  # defaults: mean 8, max 16, backprop_loops 4
     }
-    nets = {name: seeded(build) for name, build in builders.items()}
+    nets = {name: use_fused_kernels(seeded(build), False) for name, build in builders.items()}
     if fused:
-        nets |= {name + FUSED: seeded(build) for name, build in builders.items()}
+        nets |= {name + FUSED: use_fused_kernels(seeded(build)) for name, build in builders.items()}
     return nets
 
 
@@ -161,8 +161,7 @@ def measure(sizes: Sizes, fused: bool = False) -> dict:
     rec = {k: {"seconds": [], "flops3": [], "flops_bp": [], "depth": [], "converged": []} for k in nets}
     for i, (x, y) in enumerate(batches(sizes.warmup + sizes.steps, BATCH, SEQ)):
         for name, model in nets.items():
-            with compiled_kernels() if name.endswith(FUSED) else contextlib.nullcontext():
-                seconds, out = timed(lambda: train_step(model, opts[name], x, y))
+            seconds, out = timed(lambda: train_step(model, opts[name], x, y))
             if i < sizes.warmup:
                 continue
             f3, fbp = step_flops(name, model, out)

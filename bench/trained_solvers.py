@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, _, run, step = load_run(args.checkpoint)
-    if run.task != "text" or not hasattr(model, "equilibrium"):
+    if not run.task.continues_text or not hasattr(model, "equilibrium"):
         raise SystemExit(f"error: {args.checkpoint} holds a {type(model).__name__}, not an equilibrium language model")
     batches = validation(run, prepare(run.data, progress=False))[: args.batches]
     with torch.no_grad():

@@ -121,7 +121,7 @@ def main() -> None:
 
 def trainer_against_bare(fixed, n_a: int) -> None:
     """(a) the trainer against a bare loop."""
-    cfg = TrainConfig(steps=10_000, matrix_optimizer="adamw", warmup=0, lr=3e-4)
+    cfg = TrainConfig(steps=10_000, matrix_optimizer="adamw", warmup=0, lr=3e-4, kernels="eager")
     bare_model, trainer_model = model("transformer-5m"), model("transformer-5m")
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=3e-4, betas=cfg.betas, weight_decay=cfg.weight_decay)
     trainer = Trainer(trainer_model, _Batches(fixed), [], cfg)
@@ -168,7 +168,7 @@ def models_in_the_trainer(fixed, n_c: int) -> None:
     trainers = {}
     for preset in ("transformer-5m", "attractor-5m"):
         m = model(preset)
-        trainers[preset] = (m, Trainer(m, _Batches(fixed), [], TrainConfig(steps=10_000, warmup=0)))
+        trainers[preset] = (m, Trainer(m, _Batches(fixed), [], TrainConfig(steps=10_000, warmup=0, kernels="eager")))
     t = rounds({p: trainers[p][1].train_step for p in trainers}, n_c, 3)
     peak = max(peak_before, matmul_peak())
     rows = []
@@ -193,7 +193,7 @@ def muon_against_adamw(fixed, n_d: int) -> None:
     tok = BATCH * SEQ
     rows = []
     for preset in ("transformer-1m", "attractor-1m"):
-        steps = {choice: Trainer(model(preset), _Batches(fixed), [], TrainConfig(steps=10_000, matrix_optimizer=choice)).train_step
+        steps = {choice: Trainer(model(preset), _Batches(fixed), [], TrainConfig(steps=10_000, matrix_optimizer=choice, kernels="eager")).train_step
                  for choice in ("muon", "adamw")}
         t = rounds(steps, n_d, 2)
         rows.append([preset, f"{tok / statistics.median(t['muon']):.0f}", f"{tok / statistics.median(t['adamw']):.0f}",

@@ -17,10 +17,11 @@ median of the per-round ratios (each round measures both models within a second 
 so load from other jobs cancels out better than in a ratio of medians). The loss of each model
 after the timed rounds is printed as a sanity check, not as a learning comparison.
 
-A third row, when torch.compile works here (on CPU: a C++ compiler), trains transformer-1m again
-with its elementwise parts as compiled kernels (`attractor.layers.compiled_kernels`, the
-trainer's `train.kernels=compiled`): the same model and values, the passes over memory fused.
-The first rounds compile (tens of seconds); the warm-up rounds absorb it. `--eager-only` drops it.
+The second row runs our model with the eager ops (`train.kernels=eager`). A third row, where the
+fused C++ kernels build (a C++ compiler and ninja), trains transformer-1m again with its
+elementwise parts as those kernels (`attractor.kernels.use_fused_kernels`, what the trainer's
+default `train.kernels=auto` picks on a CPU): the same model and values, the passes over memory
+fused. The first build takes about 15 s, before the rounds. `--eager-only` drops that row.
 
 `--profile` adds a torch.profiler table per model (top operators by self CPU time over a few
 steps), which is how the hot spots in docs/benchmarks.md were found.
@@ -32,13 +33,12 @@ Run:  python -m bench.yardstick              3 warm-up rounds, median of 20 (~1 
       python -m bench.yardstick --quick      1 warm-up round, median of 5
       python -m bench.yardstick --rounds 60  3 warm-up rounds, median of 60 (~3 minutes)
       python -m bench.yardstick --profile    also the profiler tables
-      python -m bench.yardstick --eager-only without the compiled-kernels row
+      python -m bench.yardstick --eager-only without the fused-kernels row
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.kernels import compiled_kernels
+from attractor.kernels import use_fused_kernels
 from attractor.models import build
 from bench.common import (SEED, code_line, fused_kernels_available, median, optimizer, print_table, seeded, timed,
                           train_step)
@@ -163,19 +163,17 @@ def text_batches(n: int) -> list[tuple[Tensor, Tensor]]:
 # ---------------------------------------------------------------------------------------------
 
 
-GPT_NAME, OURS, COMPILED = "gpt (nanoGPT)", "transformer-1m", "transformer-1m, compiled kernels"
+GPT_NAME, OURS, FUSED = "gpt (nanoGPT)", "transformer-1m, eager", "transformer-1m, fused kernels"
 
 
-def models(compiled: bool) -> dict[str, nn.Module]:
-    nets = {GPT_NAME: seeded(lambda: GPT(GPTConfig())), OURS: seeded(lambda: build("transformer-1m"))}
-    if compiled:
-        nets[COMPILED] = seeded(lambda: build("transformer-1m"))
+def models(fused: bool) -> dict[str, nn.Module]:
+    """The GPT, ours with the eager ops, and (`fused`) ours with the fused kernels: each
+    model's path set explicitly, whatever the trainer's default."""
+    nets = {GPT_NAME: seeded(lambda: GPT(GPTConfig())),
+            OURS: seeded(lambda: use_fused_kernels(build("transformer-1m"), False))}
+    if fused:
+        nets[FUSED] = seeded(lambda: use_fused_kernels(build("transformer-1m")))
     return nets
-
-
-def kernels(name: str) -> contextlib.AbstractContextManager:
-    """The context a model's steps run in: compiled kernels for the third row, else nothing."""
-    return compiled_kernels() if name == COMPILED else contextlib.nullcontext()
 
 
 def measure(nets: dict[str, nn.Module], sizes: Sizes) -> tuple[dict[str, list[float]], dict[str, float]]:
@@ -186,28 +184,26 @@ def measure(nets: dict[str, nn.Module], sizes: Sizes) -> tuple[dict[str, list[fl
     for i, (x, y) in enumerate(text_batches(sizes.warmup + sizes.steps)):
         for name in names[i % len(names):] + names[:i % len(names)]:  # each model first in turn: no position bias
             model = nets[name]
-            with kernels(name):
-                s, out = timed(lambda: train_step(model, opts[name], x, y))
+            s, out = timed(lambda: train_step(model, opts[name], x, y))
             loss[name] = out.loss.item()
             if i >= sizes.warmup:
                 seconds[name].append(s)
     return seconds, loss
 
 
-def profile(compiled: bool, steps: int = 5) -> None:
+def profile(fused: bool, steps: int = 5) -> None:
     """torch.profiler: the top operators by self CPU time of each model over `steps` training steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     batches = text_batches(steps + 2)
-    for name, model in models(compiled).items():
+    for name, model in models(fused).items():
         opt = optimizer(model)
-        with kernels(name):
-            for x, y in batches[:2]:  # warm-up (and compilation)
+        for x, y in batches[:2]:  # warm-up
+            train_step(model, opt, x, y)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for x, y in batches[2:]:
                 train_step(model, opt, x, y)
-            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-                for x, y in batches[2:]:
-                    train_step(model, opt, x, y)
         print(f"\n### profile: {name}, {steps} training steps, top 20 operators by self CPU time\n")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
@@ -219,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
                         "shrinks with more: single rounds range over +-30%% on a shared machine)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--profile", action="store_true", help="also print profiler tables")
-    parser.add_argument("--eager-only", action="store_true", help="no compiled-kernels row")
+    parser.add_argument("--eager-only", action="store_true", help="no fused-kernels row")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
@@ -230,8 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         (f" --rounds {args.rounds}" if args.rounds is not None else "") + \
         (f" --threads {args.threads}" if args.threads != 2 else "") + (" --eager-only" if args.eager_only else "")
     print(f"{command}, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}", flush=True)
-    compiled = not args.eager_only and fused_kernels_available("compiled-kernels row")
-    nets = models(compiled)
+    fused = not args.eager_only and fused_kernels_available("fused-kernels row")
+    nets = models(fused)
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}  # before training
     seconds, loss = measure(nets, sizes)
     gpt = seconds[GPT_NAME]
@@ -249,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} / gpt tokens/s, median of per-round ratios: {median(ratios):.2f} "
                   f"(range {min(ratios):.2f} to {max(ratios):.2f})")
     if args.profile:
-        profile(compiled)
+        profile(fused)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

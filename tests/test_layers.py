@@ -8,6 +8,8 @@ causality, and the state_dict and construction contracts the models rely on.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,8 +20,9 @@ from torch import Tensor
 
 import attractor.kernels as fused
 from attractor import layers
-from attractor.kernels import compiled_kernels
+from attractor.kernels import FusedPath, use_fused_kernels
 from attractor.layers import Attention, Block, norm_rotary, qkv_heads, relu_square, rms_norm, rotary
+from attractor.models import build
 
 
 def compiler_or_skip() -> None:
@@ -40,19 +43,21 @@ class CountingOps:
         return getattr(self.ops, name)
 
 
-@pytest.fixture(params=["eager", "compiled"])
+class Kernels(NamedTuple):
+    fused: bool  # what the test asks for: the `fused` argument, use_fused_kernels' `enabled`
+    used: dict[str, int]  # the kernels that ran, by name
+
+
+@pytest.fixture(params=["eager", "fused"])
 def kernels(request):
     """Run the test with the eager ops and again with the fused C++ kernels (skipped where they
     cannot be built), counting which kernels ran."""
-    if request.param == "eager":
-        with compiled_kernels(False):
-            yield None
-        return
-    compiler_or_skip()
     used: dict[str, int] = {}
-    with pytest.MonkeyPatch.context() as mp, compiled_kernels():
+    if request.param == "fused":
+        compiler_or_skip()
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fused, "ops", lambda: CountingOps(used))
-        yield used
+        yield Kernels(request.param == "fused", used)
 
 
 def textbook_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
@@ -100,7 +105,7 @@ REL = {torch.float32: 1e-5, torch.float64: 1e-12}
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("gate_init", [None, 0.5])
 def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init, kernels):
-    block = seeded_block(dtype, causal, gate_init)
+    block = use_fused_kernels(seeded_block(dtype, causal, gate_init), kernels.fused)
     x = torch.randn(3, 20, 32, dtype=dtype, generator=torch.Generator().manual_seed(1), requires_grad=True)
     w = torch.randn(3, 20, 32, dtype=dtype, generator=torch.Generator().manual_seed(2))
     ours, ref = block(x), textbook_block(block, x)
@@ -112,9 +117,9 @@ def test_block_matches_textbook_values_and_gradients(dtype, causal, gate_init, k
         assert (a - b).abs().max() <= REL[dtype] * b.abs().max()
     with torch.no_grad():  # the no-grad path (solver iterations) gives the same values
         torch.testing.assert_close(block(x), ref, **TOL[dtype])
-    if kernels is not None:  # the fused kernels did run, forward and backward
-        assert set(kernels) == {"rms_norm", "rms_norm_backward", "norm_rotary", "norm_rotary_backward",
-                                "relu_square", "relu_square_backward"}
+    # the fused kernels did run, forward and backward, or none did
+    assert set(kernels.used) == ({"rms_norm", "rms_norm_backward", "norm_rotary", "norm_rotary_backward",
+                                  "relu_square", "relu_square_backward"} if kernels.fused else set())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -202,21 +207,22 @@ def strided(shape: tuple[int, ...]) -> Tensor:
     return base[..., : shape[-1]].requires_grad_()
 
 
-@pytest.mark.parametrize("fn", [rms_norm, relu_square, rotary, lambda u: rotary(u, t_dim=1), norm_rotary,
-                                lambda u: qkv_heads(u.flatten(-2), n_head=2)],
+@pytest.mark.parametrize("fn", [rms_norm, relu_square, lambda u, fused: rotary(u), lambda u, fused: rotary(u, t_dim=1),
+                                lambda u, fused: norm_rotary(u),
+                                lambda u, fused: qkv_heads(u.flatten(-2), n_head=2, fused=fused)],
                          ids=["rms_norm", "relu_square", "rotary", "rotary_t_dim", "norm_rotary", "qkv_heads"])
 def test_first_and_second_derivatives(fn, kernels):
     """gradcheck and gradgradcheck: double backward (Jacobian penalties) must be exact too; the
     fused kernels' backward is checked by gradcheck, the eager one they fall back to under
     create_graph by gradgradcheck."""
     x = strided((2, 4, 3, 4))
-    torch.autograd.gradcheck(fn, (x,))
-    torch.autograd.gradgradcheck(fn, (x,))
+    torch.autograd.gradcheck(lambda u: fn(u, fused=kernels.fused), (x,))
+    torch.autograd.gradgradcheck(lambda u: fn(u, fused=kernels.fused), (x,))
 
 
 @torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH)  # CPU flash attention has no
 def test_block_second_derivatives(kernels):  # double backward, with or without this change
-    block = seeded_block(torch.float64, d=8, n_head=2)
+    block = use_fused_kernels(seeded_block(torch.float64, d=8, n_head=2), kernels.fused)
     x = torch.randn(1, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
     torch.autograd.gradgradcheck(block, (x,))
     # and against the textbook block: a Jacobian-vector penalty's parameter gradient
@@ -234,7 +240,7 @@ def test_block_second_derivatives(kernels):  # double backward, with or without 
 def test_vectorized_jacobians_match(kernels):
     """jacobian(vectorize=True) and torch.func.jacrev batch the backward's grad: in-place ops
     there must not mix batched and unbatched tensors."""
-    block = seeded_block(torch.float64, d=8, n_head=2)
+    block = use_fused_kernels(seeded_block(torch.float64, d=8, n_head=2), kernels.fused)
     x = torch.randn(1, 3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
     loop = torch.autograd.functional.jacobian(block, x)
     torch.testing.assert_close(torch.autograd.functional.jacobian(block, x, vectorize=True), loop)
@@ -248,7 +254,7 @@ def test_attention_signature():
         Attention(10, 3, causal=True)
 
 
-def test_fused_qkv_kernel_equals_eager_on_strided_input_and_restore_the_mode():
+def test_fused_qkv_kernel_equals_eager_on_strided_input():
     """qkv arrives with a row stride of its own (here a slice of a wider tensor) and attention's
     gradients with strides of theirs: the fused norm + rotation must read both as such and give the
     eager values and gradients; it writes q and k laid out as (B, T, H, K), as attention's views of
@@ -262,16 +268,10 @@ def test_fused_qkv_kernel_equals_eager_on_strided_input_and_restore_the_mode():
     reference = norm_rotary(qkv[..., :32].view(2, 12, 2, 2, 8).permute(2, 0, 3, 1, 4))
     torch.testing.assert_close(torch.stack(eager[:2]), reference, rtol=0, atol=0)
     (g_eager,) = torch.autograd.grad(eager, wide, g)
-    with compiled_kernels():
-        assert fused._ENABLED
-        q, k, v = qkv_heads(qkv, 2)
-        (g_fused,) = torch.autograd.grad((q, k, v), wide, g)
-        with compiled_kernels(False):
-            assert not fused._ENABLED
-        assert fused._ENABLED
-        with torch.no_grad():
-            no_grad = qkv_heads(qkv, 2)
-    assert not fused._ENABLED
+    q, k, v = qkv_heads(qkv, 2, fused=True)
+    (g_fused,) = torch.autograd.grad((q, k, v), wide, g)
+    with torch.no_grad():
+        no_grad = qkv_heads(qkv, 2, fused=True)
     assert q.transpose(1, 2).is_contiguous() and k.transpose(1, 2).is_contiguous()
     for a, b in zip((q, k, v), eager):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
@@ -282,18 +282,18 @@ def test_fused_qkv_kernel_equals_eager_on_strided_input_and_restore_the_mode():
 
 
 def test_fused_kernels_leave_what_they_do_not_serve_to_eager():
-    """bfloat16, meta tensors and torch.func transforms take the eager ops inside the switch."""
+    """bfloat16, meta tensors and torch.func transforms take the eager ops, fused asked for or not."""
     compiler_or_skip()
     used: dict[str, int] = {}
-    with pytest.MonkeyPatch.context() as mp, compiled_kernels():
+    with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fused, "ops", lambda: CountingOps(used))
         h = torch.randn(3, 8).bfloat16()
-        assert torch.equal(rms_norm(h), F.rms_norm(h, (8,)))
-        assert torch.equal(relu_square(h), F.relu(h).square())
+        assert torch.equal(rms_norm(h, fused=True), F.rms_norm(h, (8,)))
+        assert torch.equal(relu_square(h, fused=True), F.relu(h).square())
         with torch.device("meta"):
-            Block(16, 2, gate_init=0.5)(torch.randn(2, 5, 16))
+            use_fused_kernels(Block(16, 2, gate_init=0.5))(torch.randn(2, 5, 16))
         x = torch.randn(4, 8, dtype=torch.float64)
-        torch.testing.assert_close(torch.func.vmap(rms_norm)(x), F.rms_norm(x, (8,)))
+        torch.testing.assert_close(torch.func.vmap(lambda u: rms_norm(u, fused=True))(x), F.rms_norm(x, (8,)))
     assert used == {}
 
 
@@ -315,17 +315,17 @@ def test_fused_kernels_check_their_inputs():
         ops.relu_square_backward(torch.randn(3), torch.randn(4))
 
 
-def test_compiled_kernels_that_cannot_build_is_one_line(monkeypatch, tmp_path):
+def test_fused_kernels_that_cannot_build_is_one_line(monkeypatch, tmp_path):
     """No compiler (here: a compiler that fails) gives one RuntimeError line and leaves the
-    switch off."""
+    model's switch off."""
     monkeypatch.setattr(fused, "_LOADED", False)  # build again, as in a fresh process
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("ATTRACTOR_KERNELS_DIR", str(tmp_path / "kernels"))
+    block = Block(16, 2)
     with pytest.raises(RuntimeError, match="^compiled kernels could not be built .*C\\+\\+ compiler") as info:
-        with compiled_kernels():
-            pass
+        use_fused_kernels(block)
     assert "\n" not in str(info.value)
-    assert not fused._ENABLED and not fused._LOADED
+    assert not fused._LOADED and not any(m.fused_kernels for m in block.modules() if isinstance(m, FusedPath))
 
 
 @settings(max_examples=40, deadline=None)
@@ -345,11 +345,46 @@ def test_fused_kernels_equal_eager_for_any_shape(b, t, n_head, half, pad, seed):
     gx = torch.randn(b, t, d, dtype=torch.float64, generator=gen)
 
     def run(fused_on: bool):
-        with compiled_kernels(fused_on):
-            heads = qkv_heads(qkv, n_head)
-            parts = [*heads, rms_norm(x), relu_square(x)]
-            g_wide, g_x = torch.autograd.grad(parts, [wide, x], [*grads, gx, gx])
+        heads = qkv_heads(qkv, n_head, fused=fused_on)
+        parts = [*heads, rms_norm(x, fused=fused_on), relu_square(x, fused=fused_on)]
+        g_wide, g_x = torch.autograd.grad(parts, [wide, x], [*grads, gx, gx])
         return [*parts, g_wide, g_x]
 
     for ours, eager in zip(run(True), run(False)):
         torch.testing.assert_close(ours, eager, **TOL[torch.float64])
+
+
+def test_two_models_in_one_process_keep_their_own_path():
+    """The switch is the model's, not the process's: a fused and an eager model, forwards and
+    backwards interleaved, each run their own path (every part of the fused one fused, the
+    model's own final norm included; nothing of the eager one), and switching each leaves the
+    other as it was."""
+    compiler_or_skip()
+    models = {}
+    for name in ("fused", "eager"):
+        torch.manual_seed(0)
+        models[name] = use_fused_kernels(build("transformer-1m", d=32, n_head=2, n_layer=1, seq_len=8), name == "fused")
+    idx = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(0))
+    # one block (two norms) and the decoder's norm; each forward and its backward
+    parts = {"rms_norm": 3, "norm_rotary": 1, "relu_square": 1}
+    one_step = {**parts, **{f"{k}_backward": v for k, v in parts.items()}}
+    used: dict[str, int] = {}
+    losses = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "ops", lambda: CountingOps(used))
+        for name in ("eager", "fused", "eager", "fused"):
+            used.clear()
+            out = models[name](idx, idx)
+            out.loss.backward()
+            assert used == (one_step if name == "fused" else {}), name
+            losses[name] = out.loss.item()
+        flags = {name: {m.fused_kernels for m in model.modules() if isinstance(m, FusedPath)}
+                 for name, model in models.items()}
+        assert flags == {"fused": {True}, "eager": {False}}
+        use_fused_kernels(models["eager"], True)  # and back: the other model keeps its path
+        use_fused_kernels(models["fused"], False)
+        for name, expected in (("fused", {}), ("eager", one_step)):
+            used.clear()
+            models[name](idx, idx).loss.backward()
+            assert used == expected, name
+    torch.testing.assert_close(losses["fused"], losses["eager"], rtol=1e-6, atol=0)

@@ -17,7 +17,7 @@ import pytest
 from attractor.data import maze, sudoku
 from attractor.models import build
 from attractor.page import render_page, write_page
-from attractor.solve import Frame, Solution, check, read_maze, read_sudoku, solve
+from attractor.puzzle_solve import Frame, Solution, check, read_maze, read_sudoku, solve
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

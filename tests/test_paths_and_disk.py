@@ -227,7 +227,7 @@ def test_save_checkpoint_on_a_nearly_full_disk(tmp_path, mount_tmpfs, large):
 def test_atomic_writes_and_appends_on_a_full_disk_keep_the_old_file(tmp_path, mount_tmpfs):
     from attractor.data import sudoku
     from attractor.page import write_page
-    from attractor.solve import Solution, check, read_sudoku
+    from attractor.puzzle_solve import Solution, check, read_sudoku
     from attractor.train import write_jsonl
 
     disk = mount_tmpfs("disk", "size=256k")

@@ -1,4 +1,4 @@
-"""attractor.solve and `attractor solve`: reading puzzles, checking answers, running a model, and
+"""attractor.puzzle_solve and `attractor solve`: reading puzzles, checking answers, running a model, and
 every bad input as one line with exit code 2."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from attractor.cli import main
 from attractor.data import maze, sudoku
 from attractor.data.puzzles import sudoku_tokens
 from attractor.errors import ConfigError
+from attractor.puzzle_solve import check, read_maze, read_sudoku
 from attractor.run import load_run
-from attractor.solve import check, read_maze, read_sudoku
 
 HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
 BOXES = [(3, 3), (2, 3), (2, 2)]
@@ -188,7 +188,7 @@ def runs(tmp_path_factory, corpus):
 
 
 def expected_answer(run, puzzle) -> str:
-    """The model's own argmax, decoded here without attractor.solve: Sudoku token t is digit t-1."""
+    """The model's own argmax, decoded here without attractor.puzzle_solve: Sudoku token t is digit t-1."""
     model = load_run(run)[0]
     with torch.no_grad():
         ids = model(torch.from_numpy(puzzle.tokens())[None]).logits[0].argmax(-1).tolist()
@@ -296,3 +296,13 @@ def test_a_sudoku_with_several_solutions_is_solved_with_a_note(runs, capsys):
     made, _, _ = sudoku.generate(1, rng=4, box=(2, 3))[0]           # a unique one: no note
     main(["solve", "sudoku", made, "--checkpoint", str(runs["sudoku"])])
     assert note not in capsys.readouterr().out
+
+
+def test_the_module_does_not_shadow_the_core_solve():
+    """`attractor.solve` stays the fixed-point core's function once the puzzle module is imported
+    (a submodule named solve would replace the attribute on import)."""
+    import attractor
+    import attractor.fixedpoint
+    import attractor.puzzle_solve  # noqa: F401
+
+    assert attractor.solve is attractor.fixedpoint.solve

@@ -148,9 +148,10 @@ def test_accumulated_micro_batches_equal_one_batch():
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
-    """train.kernels=compiled: the same losses and weights as the eager ops (to float32
-    rounding), the fused kernels really used inside fit() and switched off after it."""
+def test_auto_trains_with_the_fused_kernels_as_the_eager_ops(monkeypatch, capsys):
+    """train.kernels=auto (the default) takes the fused kernels where they build, as compiled
+    does: the same losses and weights as eager (to float32 rounding), the kernels really used in
+    training and in evaluation, and the path said once at the start and in every metrics record."""
     from attractor import kernels as fused
     from attractor.models import from_config
 
@@ -162,37 +163,85 @@ def test_compiled_kernels_train_as_the_eager_ops(monkeypatch):
     ops = fused.ops
     monkeypatch.setattr(fused, "ops", lambda: used.append(1) or ops())
     run = run_config("attractor-1m", ["model.d=32", "model.n_head=2", "model.n_backbone=1", "model.seq_len=8"])
+    assert TrainConfig().kernels == "auto"
     results = {}
-    for kernels in ("eager", "compiled"):
+    for kernels in ("eager", "auto", "compiled"):
         torch.manual_seed(0)
         model = from_config(run.model)
-        losses = []
+        records = []
         cfg = TrainConfig(steps=3, batch_size=2, warmup=0, kernels=kernels, eval_every=None, checkpoint_every=None,
                           log_every=1)
-        trainer = Trainer(model, Batches(), [], cfg, Callbacks(log=lambda r: losses.append(r["loss"])))
+        trainer = Trainer(model, Batches(), [next(Batches())], cfg, Callbacks(log=records.append))
+        path = "eager" if kernels == "eager" else "fused"
+        what = "eager ops" if kernels == "eager" else "fused CPU kernels"
+        assert capsys.readouterr() == (f"training with the {what} (train.kernels={kernels})\n", "")
         trainer.fit()
-        results[kernels] = losses, [p.detach().clone() for p in model.parameters()]
-        assert bool(used) == (kernels == "compiled") and not fused._ENABLED
-    (l_eager, w_eager), (l_compiled, w_compiled) = results["eager"], results["compiled"]
+        assert bool(used) == (path == "fused") and [r["kernels"] for r in records] == [path] * 3
+        used.clear()
+        trainer.evaluate()
+        assert bool(used) == (path == "fused")
+        used.clear()
+        results[kernels] = [r["loss"] for r in records], [p.detach().clone() for p in model.parameters()]
+    l_eager, w_eager = results["eager"]
     assert len(l_eager) == 3
-    torch.testing.assert_close(torch.tensor(l_compiled), torch.tensor(l_eager), rtol=1e-5, atol=1e-6)
-    for a, b in zip(w_compiled, w_eager):  # AdamW scales a near-zero gradient's rounding up to an update
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for losses, weights in (results["auto"], results["compiled"]):
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(l_eager), rtol=1e-5, atol=1e-6)
+        for a, b in zip(weights, w_eager):  # AdamW scales a near-zero gradient's rounding up to an update
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_kernels_without_a_compiler_is_a_config_error(monkeypatch):
+def broken() -> None:
+    raise RuntimeError("compiled kernels could not be built from kernels_cpu.cpp (they need a C++ compiler "
+                       "and ninja): no compiler")
+
+
+def test_auto_without_a_compiler_trains_eager_with_one_line(monkeypatch, capsys, tmp_path, corpus):
+    """Where the kernels cannot be built, auto trains with the eager ops and says so in one line
+    on stderr (rank 0 only), and the run's records say eager."""
     from attractor import train as train_module
     from attractor.models import build
 
-    def broken() -> None:
-        raise RuntimeError("compiled kernels could not be built from kernels_cpu.cpp (they need a C++ compiler "
-                           "and ninja): no compiler")
-
     monkeypatch.setattr(train_module, "build_kernels", broken)
+    trainer = Trainer(build("transformer-1m"), Batches(), [], TrainConfig())
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("attractor: fused CPU kernels unavailable (compiled kernels could not be built from "
+                                 "kernels_cpu.cpp (they need a C++ compiler and ninja): no compiler); training "
+                                 "with the eager ops\n")
+    assert trainer.kernels == "eager" and not trainer.model.blocks[0].mlp.fused_kernels
     with pytest.raises(ConfigError, match="^train.kernels=compiled: .*C\\+\\+ compiler"):
         Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled"))
     with pytest.raises(ConfigError, match="kernels"):
         TrainConfig(kernels="fused")
+    with monkeypatch.context() as mp:
+        mp.setattr(train_module, "distributed", lambda: (1, 1, 0))  # another rank: silent
+        Trainer(build("transformer-1m"), Batches(), [], TrainConfig())
+        assert capsys.readouterr() == ("", "")
+    settings = tiny_settings("transformer-1m", tmp_path / "cache", "train.eval_every=null")
+    train(run_config("transformer-1m", settings, data=str(corpus), steps=2), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kernels"] for r in records] == ["eager"] * 2
+
+
+def test_auto_is_eager_where_the_kernels_do_not_serve_without_building(monkeypatch, capsys):
+    """bf16 autocast, train.compile and a device other than the CPU: auto takes the eager ops
+    without trying to build; compiled there is a one-line ConfigError."""
+    from attractor import train as train_module
+    from attractor.models import build
+
+    def must_not_build() -> None:
+        raise AssertionError("built")
+
+    monkeypatch.setattr(train_module, "build_kernels", must_not_build)
+    for setting in (dict(precision="bfloat16"), dict(compile=True)):
+        trainer = Trainer(build("transformer-1m"), Batches(), [], TrainConfig(**setting))
+        assert trainer.kernels == "eager" and not trainer.model.blocks[0].attn.fused_kernels
+        assert capsys.readouterr() == ("training with the eager ops (train.kernels=auto)\n", "")
+        with pytest.raises(ConfigError, match="^train.kernels=compiled: the fused kernels serve float32 on a CPU"):
+            Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled", **setting))
+    monkeypatch.setattr(train_module, "pick_device", lambda name, rank: torch.device("meta"))
+    assert Trainer(build("transformer-1m"), Batches(), [], TrainConfig()).kernels == "eager"
+    with pytest.raises(ConfigError, match="this run is on meta"):
+        Trainer(build("transformer-1m"), Batches(), [], TrainConfig(kernels="compiled"))
 
 
 class Killed(Exception):

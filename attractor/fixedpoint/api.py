@@ -11,7 +11,9 @@ from torch import Tensor
 from attractor.errors import ConfigError, check_bool, check_int, check_name, check_real
 from attractor.fixedpoint.grads import GRADS, Unroll
 from attractor.fixedpoint.loop import (
+    MAX_ITER,
     ON_FAIL,
+    TOL,
     FixedPointInfo,
     check_batched,
     report_failure,
@@ -39,8 +41,8 @@ def fixed_point(
     *,
     solver="anderson",
     grad="implicit",
-    tol: float = 1e-4,
-    max_iter: int = 50,
+    tol: float = TOL,  # 1e-4: the generic core's default (loop.py says why), not a model's
+    max_iter: int = MAX_ITER,  # 50
     min_iter: int = 0,
     on_fail: Literal["warn", "raise", "ignore"] = "warn",
     trace: bool = False,
@@ -75,7 +77,8 @@ def fixed_point(
         z: (B, *S) in z0's dtype, per sample the iterate with the lowest absolute residual
             ||f(z) - z|| among those meeting tol (among all if none does); finite whenever z0
             and f(z0) are;
-        info: per-sample iterations, residuals, convergence and status (FixedPointInfo).
+        info: per-sample depth (solver steps taken), residuals, convergence and status
+            (FixedPointInfo).
     """
     solver = resolve_solver(solver)
     grad = resolve_grad(grad)

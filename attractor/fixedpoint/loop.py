@@ -6,9 +6,11 @@ freezes samples that have converged, honours min_iter, keeps the best iterate (r
 Solvers (`solvers.py`) only propose the next iterate; gradient modes (`grads.py`) only decide
 what the backward pass does, and reuse this loop for the adjoint solve.
 
-Counting convention: `iters` are solver steps. A sample that stopped after k steps had f
-evaluated k + 1 times (once at z0, once after every step); `max_iter=0` evaluates f once to
-report the residual of z0 and returns z0 itself.
+Counting convention: `FixedPointInfo.depth` is the solver steps a unit took. A sample that
+stopped after k steps had f evaluated k + 1 times (once at z0, once after every step);
+`max_iter=0` evaluates f once to report the residual of z0 and returns z0 itself. (`depth`, not
+`iters`: in a model, `iters=k` is the knob that asks for k plain steps, and `depth` is what a
+forward reports, as `ModelOutput.depth` does per sample.)
 
 Convergence: a unit has converged when its relative residual is below tol, or is exactly zero
 (so that tol=0 asks for an exact fixed point rather than for the impossible res < 0).
@@ -27,6 +29,17 @@ from torch import Tensor
 
 from attractor.errors import ConfigError, check_int, check_name
 from attractor.fixedpoint.solvers import SOLVERS
+
+# Defaults of the generic core, for a caller who has said nothing about its problem; a model
+# states its own in its SolveConfig (table in docs/models.md, "Solve and depth defaults").
+# fixed_point's tol: four digits of the relative residual, about 1000x float32's machine
+# epsilon, so a float32 map can meet it; a model's adaptive stop is looser (SolveConfig, 1e-3,
+# which says why) and the implicit adjoint tighter (Implicit, 1e-6, likewise).
+TOL = 1e-4
+# Most steps of one core solve, forward (fixed_point) or adjoint (Implicit): one budget for both,
+# since the adjoint iteration u <- J^T u + v contracts at the forward's rate near z* (J^T has
+# J's spectrum there): a budget that suits one suits the other.
+MAX_ITER = 50
 
 # A step whose absolute residual exceeds this multiple of the sample's best residual so far is
 # treated as exploding: the sample restarts from its best iterate with an empty history.
@@ -71,7 +84,8 @@ class FixedPointInfo:
     Per-sample fields have shape (B,), or the leading `batch_dims` dims of z0 (e.g. (B, T)).
 
     Attributes:
-        iters: (B,) int64 solver steps until the sample stopped (f was evaluated iters + 1 times).
+        depth: (B,) int64 solver steps until the sample stopped (f was evaluated depth + 1 times).
+            Called `iters` before 0.2.0.
         residual: (B,) float32/64 relative residual ||f(z) - z|| / ||f(z)|| at the returned z.
         converged: (B,) bool, residual < tol (or residual == 0, which tol=0 needs).
         status: (B,) int8 codes of `Status`.
@@ -81,7 +95,7 @@ class FixedPointInfo:
         backward: the adjoint solve's info, filled in by `Implicit` when backward runs.
     """
 
-    iters: Tensor
+    depth: Tensor
     residual: Tensor
     converged: Tensor
     status: Tensor
@@ -90,13 +104,20 @@ class FixedPointInfo:
     trace: Tensor | None = None
     backward: FixedPointInfo | None = None
 
+    def __getattr__(self, name: str):
+        # Reached only when ordinary lookup fails: name the new attribute for the old one.
+        if name == "iters":
+            raise AttributeError("FixedPointInfo.iters was renamed FixedPointInfo.depth in 0.2.0 "
+                                 "(solver steps per unit; `iters` is now only a model's depth knob)")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def summary(self) -> str:
-        """One line, e.g. 'converged 31/32, iters median 9 max 50, worst residual 3.1e-03'."""
+        """One line, e.g. 'converged 31/32, depth median 9 max 50, worst residual 3.1e-03'."""
         n = self.converged.numel()
-        iters = self.iters.float()
+        depth = self.depth.float()
         return (
-            f"converged {int(self.converged.sum())}/{n}, iters median {iters.median().item():.0f} "
-            f"max {int(self.iters.max()) if n else 0}, worst residual "
+            f"converged {int(self.converged.sum())}/{n}, depth median {depth.median().item():.0f} "
+            f"max {int(self.depth.max()) if n else 0}, worst residual "
             f"{self.residual.max().item() if n else 0.0:.1e} (tol {self.tol:.0e})"
         )
 
@@ -236,19 +257,19 @@ def solve(
         # farthest iterate the "best". Meeting tol first keeps a converged unit's answer converged
         # when an earlier iterate (a tiny z0, say) had a smaller absolute residual.
         best_z, best_fz, best_res, best_gnorm, best_met = z, fz, res, gnorm, met(res)
-        iters = torch.zeros(batch, dtype=torch.long, device=z.device)
+        depth = torch.zeros(batch, dtype=torch.long, device=z.device)  # steps taken per unit
         nonfinite = ~finite_start if recording else None
 
-        def stop_rule(res: Tensor, iters: Tensor) -> Tensor:
+        def stop_rule(res: Tensor, depth: Tensor) -> Tensor:
             # Re-evaluated every step: when f couples units, a unit whose residual rises again
             # as its neighbours move resumes (independent samples never do).
-            stop = ~finite_start | (met(res) & (iters >= min_iter))
+            stop = ~finite_start | (met(res) & (depth >= min_iter))
             if prefix_stop:  # unit (b, t) stops only once (b, 0..t) have all stopped
                 stop = stop.view(units).cummin(dim=1).values.flatten()
             return stop
 
         exploded = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        stopped = stop_rule(res, iters)
+        stopped = stop_rule(res, depth)
         history = [res] if trace else None
         state = solver.init(z, fz) if max_iter > 0 else None
     n_evals = 1
@@ -283,14 +304,14 @@ def solve(
                 res, gnorm = torch.where(blowup, best_res, res), torch.where(blowup, best_gnorm, gnorm)
                 state = solver.restart(state, blowup)
                 exploded = exploded | blowup
-            iters = iters + active.long()
+            depth = depth + active.long()
             now_met = met(res)
             better = active & ((now_met & ~best_met) | ((now_met == best_met) & (gnorm < best_gnorm)))
             best_res, best_gnorm = torch.where(better, res, best_res), torch.where(better, gnorm, best_gnorm)
             best_met = best_met | (better & now_met)
             better = better.unsqueeze(1)
             best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
-            stopped = stop_rule(res, iters)
+            stopped = stop_rule(res, depth)
             if trace:
                 history.append(res)
 
@@ -304,7 +325,7 @@ def solve(
     status[converged] = int(Status.CONVERGED)
     status[~finite_start] = int(Status.NONFINITE_START)
     info = FixedPointInfo(
-        iters=iters.view(units),
+        depth=depth.view(units),
         residual=best_res.detach().view(units),
         converged=converged.view(units),
         status=status.view(units),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attractor.fixedpoint import FixedPointInfo
+from attractor.kernels import FusedPath
 from attractor.layers import rms_norm
 from attractor.schema import require
 
@@ -37,13 +38,17 @@ class ModelOutput:
         logits: (B, T, V) float32.
         loss: scalar mean cross-entropy over the targets that are not IGNORE_INDEX (0 with zero
             gradient when all are ignored); None without targets.
-        depth: (B,) int64, solver steps of each sequence's slowest token (equilibrium models) or
-            loops each sequence ran (LoopedLM); None for the transformer.
+        depth: (B,) int64, the depth each sample got: solver steps of its slowest token (the
+            equilibrium LMs: `info.depth`'s maximum over the sequence), loops it ran (LoopedLM),
+            applications of the inner map in the last supervision step, summed over the cycles
+            (TRM, AttractorReasoner); None for the transformers. At `iters=k` it is k
+            (h_cycles x k for TRM and the split AttractorReasoner).
         n_evals: evaluations of the recurrent map (or loops) run over the batch; 0 for the
             transformer. Every evaluation costs the whole batch, so this sets the realised FLOPs.
         converged: 0-d float tensor, fraction of tokens whose residual fell below tol (adaptive
             solves only; None otherwise). A tensor, not a float: reading it syncs the device.
-        info: the solve's per-token (or per-sequence) FixedPointInfo, None without a solve.
+        info: the solve's per-token (or per-sequence) FixedPointInfo, None without a solve
+            (its `depth` is the steps each unit took).
         metrics: named 0-d tensors the trainer logs as they are (the recursive puzzle models put
             TRM's training metrics here); empty for most families.
     """
@@ -113,8 +118,9 @@ def check_depth(iters, family: str) -> None:
         raise ValueError(f"{family}: iters={iters!r} must be None or an int >= 0")
 
 
-class TiedLM(nn.Module):
-    """Token embedding E, and decoding by norm(h) @ E^T (or an untied head)."""
+class TiedLM(FusedPath, nn.Module):
+    """Token embedding E, and decoding by norm(h) @ E^T (or an untied head). Every model is one:
+    its norms take the fused kernels when attractor.kernels.use_fused_kernels set its flag."""
 
     has_depth = True  # takes iters=k; the plain transformer sets False
 
@@ -126,7 +132,7 @@ class TiedLM(nn.Module):
     def decode(self, h: Tensor, targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(B, T, D) -> logits (B, T, V) in float32, and the loss if targets (see ModelOutput)."""
         weight = self.embed.weight if self.head is None else self.head.weight
-        logits = F.linear(rms_norm(h), weight).float()
+        logits = F.linear(rms_norm(h, fused=self.fused_kernels), weight).float()
         if targets is None:
             return logits, None
         # Sum over kept targets, divided by at least 1: an all-ignored batch gives 0 (with a zero

@@ -55,11 +55,20 @@ class SolveConfig:
     ('picard') or a dict with a name tag ({"name": "anderson", "m": 3}); they are stored as objects.
     """
 
+    # The defaults of every equilibrium LM (attractor, deq); the paper presets override tol and
+    # the step range (SPEC 2.1), and the AttractorReasoner has its own (`published_solve`). The
+    # table of every family's defaults is in docs/models.md (tests/models/test_defaults.py checks it).
     solver: Picard | Anderson | Broyden = field(default_factory=Anderson)  # paper: Anderson m=5
     grad: Implicit | OneStep | Neumann | Phantom | Unroll = field(default_factory=OneStep)  # paper LM: one-step
-    tol: float = 1e-3  # relative residual at which a token (or sequence) stops
-    max_iter: int = 32  # most solver steps
-    min_iter: int = 0  # fewest solver steps
+    # Relative residual at which a token (or sequence) stops. Looser than fixed_point's generic
+    # 1e-4: a model pays a whole batch's evaluation per step, and on trained attractor-1m a 3x
+    # tighter tol (3e-4) left the validation loss within 0.004 nats (docs/results-lm.md, section 2)
+    # while tokens meet 1e-3 in 2 to 4 steps of their own (section 3).
+    tol: float = 1e-3
+    # Most solver steps: a cap for the untrained or badly conditioned map (a trained one stops
+    # long before); it also sets the worst-case FLOPs. Below fixed_point's 50 for the same reason.
+    max_iter: int = 32
+    min_iter: int = 0  # fewest solver steps (the paper presets force 6 or 8)
     stop: Literal["token", "sample"] = "token"  # unit of convergence and stopping
 
     def __post_init__(self) -> None:
@@ -175,7 +184,7 @@ def solve_equilibrium(problem: Equilibrium, iters: int | None = None,
         residuals = info.trace.flatten(0, -2).max(0).values  # (n_evals,) the worst unit's
         for i in range(1, len(seen) - 1):
             preview(seen[i], float(residuals[i]), i)
-    depth = info.iters.reshape(batch, -1).max(1).values  # (B,)
+    depth = info.depth.reshape(batch, -1).max(1).values  # (B,) each sample's slowest unit
     return y, SolveReport(depth, info.n_evals, info.converged.float().mean(), info)
 
 

@@ -142,7 +142,7 @@ class LoopedLM(TiedLM):
         e = self.embed(idx)  # (B, T, D)
         for block in self.prelude:
             e = block(e)
-        s = self.loop(self.inject(rms_norm(e)), depth)  # (B, T, D)
+        s = self.loop(self.inject(rms_norm(e, fused=self.fused_kernels)), depth)  # (B, T, D)
         for block in self.coda:
             s = block(s)
         logits, loss = self.decode(s, targets)

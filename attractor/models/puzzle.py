@@ -95,7 +95,7 @@ class PuzzleModel(TiedLM):
 
     def decode(self, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """(B, L, D) -> logits (B, L, V) float32, and the stablemax loss if labels."""
-        logits = F.linear(rms_norm(h), self.head.weight).float()
+        logits = F.linear(rms_norm(h, fused=self.fused_kernels), self.head.weight).float()
         return logits, None if labels is None else stablemax_cross_entropy(logits, labels)
 
     def embedding_groups(self) -> list[ParamGroup]:

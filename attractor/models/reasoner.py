@@ -105,7 +105,12 @@ class TRMConfig(ReasonerConfig):
 
 def published_solve() -> SolveConfig:
     """SPEC 2.2: Anderson m=5, 4 to 8 steps at tol 1e-3, phantom gradient k=2 (undamped, as the
-    published bptt_through=2); one stopping decision per puzzle."""
+    published bptt_through=2); one stopping decision per puzzle.
+
+    The AttractorReasoner's default solve. Every value is the published one, written out even
+    where it equals SolveConfig's own default (m=5, tol 1e-3): those are the LMs' defaults, with
+    their own reasons, and changing them must not move the published puzzle setup.
+    """
     return SolveConfig(solver=Anderson(m=5), grad=Phantom(k=2, damping=1.0), tol=1e-3, max_iter=8,
                        min_iter=4, stop="sample")
 
@@ -138,7 +143,7 @@ CARRY_FIELDS = ("z_H", "z_L", "steps", "halted", "inputs", "labels")
 class StepReport:
     """The solve statistics of one supervision step."""
 
-    depth: Tensor  # (B,) int64 inner iterations per sample (summed over the cycles)
+    depth: Tensor  # (B,) int64 applications of the inner map per sample (summed over the cycles)
     n_evals: int  # forward evaluations of the network over the batch
     converged: Tensor | None = None  # (B,) bool: every solve of the sample met tol (adaptive only)
     info: FixedPointInfo | None = None  # the step's last solve
@@ -180,7 +185,8 @@ class RecursiveReasoner(PuzzleModel):
         h = h + injection
         for block in self.blocks:
             h = block(h)
-        return rms_norm(h)  # unit RMS, as TRM's post-norm blocks leave it (module docstring)
+        # unit RMS, as TRM's post-norm blocks leave it (module docstring)
+        return rms_norm(h, fused=self.fused_kernels)
 
     def embed_inputs(self, inputs: Tensor) -> Tensor:
         """(B, L) ids -> x (B, S, D): the learned prefix, then the token embeddings."""
@@ -232,7 +238,10 @@ class RecursiveReasoner(PuzzleModel):
 
         Args:
             inputs: (B, L) puzzle ids; labels: (B, L) solution ids, IGNORE_INDEX where not scored.
-            iters: inner iterations per latent update (see the subclass); None: its own rule.
+            iters: the depth knob, as for the LMs: exactly k applications of the inner recurrent
+                map per latent update (TRM: k latent updates z_L <- net(z_L + z_H + x) instead of
+                l_cycles; AttractorReasoner: k plain steps of the solved map instead of the solve);
+                None: the model's own rule (l_cycles, or the adaptive solve).
             steps: eval mode only: supervision steps to run (None: halt_max_steps).
         Returns:
             ModelOutput: logits (B, L, V) float32, loss, depth (B,) (inner iterations of the last
@@ -415,9 +424,13 @@ def halted_metrics(counted: Tensor, correct: Tensor, cell: Tensor, q_halt: Tenso
 
 
 class TRM(RecursiveReasoner):
-    """TRM: the latent updated l_cycles times per answer update (`iters=k`: k times).
+    """TRM: the latent updated l_cycles times per answer update.
 
-    Built from a TRMConfig.
+    `iters=k` replaces l_cycles by k: each cycle applies TRM's recurrent map, the latent update
+    z_L <- net(z_L + z_H + x), exactly k times (0: the latent is left as it is), which is what
+    `iters=k` means for every family (k applications of the recurrent map). h_cycles, the answer
+    updates, is not a depth knob: it stays as configured. `depth` reports h_cycles x k (or
+    h_cycles x l_cycles). Built from a TRMConfig.
     """
 
     def recurse(self, x, z_H, z_L, iters, emit):

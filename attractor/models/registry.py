@@ -37,13 +37,30 @@ FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": Tran
                              "looped": LoopedConfig, "deq": DEQConfig,
                              "puzzle-transformer": PuzzleTransformerConfig, "trm": TRMConfig,
                              "attractor-reasoner": AttractorReasonerConfig}  # the tag saved with a config
+# What each family trains on: a task's name in attractor.tasks.TASKS (models do not import tasks).
+TASK_OF: dict[str, str] = {"attractor": "text", "transformer": "text", "looped": "text", "deq": "text",
+                           "puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles"}
 PRESETS: dict[str, Callable[[], object]] = {}
+# A preset's trainer defaults where they differ from its task's: TrainConfig field overrides.
+PRESET_TRAIN: dict[str, dict] = {}
 
 
-def preset(fn: Callable[[], object]) -> Callable[[], object]:
-    """Register a config factory under its name with dashes (attractor_1m -> 'attractor-1m')."""
-    PRESETS[fn.__name__.replace("_", "-")] = fn
-    return fn
+def preset(fn: Callable[[], object] | None = None, *, train: dict | None = None):
+    """Register a config factory under its name with dashes (attractor_1m -> 'attractor-1m');
+    `@preset(train={...})` also gives it trainer defaults (TrainConfig fields) of its own."""
+    def register(fn: Callable[[], object]) -> Callable[[], object]:
+        name = fn.__name__.replace("_", "-")
+        PRESETS[name] = fn
+        if train:
+            PRESET_TRAIN[name] = dict(train)
+        return fn
+
+    return register if fn is None else register(fn)
+
+
+def task_name(cfg) -> str:
+    """The name of the task a model config's family trains on ('text', 'puzzles')."""
+    return TASK_OF[family_of(cfg)]
 
 
 # ---- CPU scale: byte-level vocabulary, context 256 ------------------------------------------
@@ -144,7 +161,15 @@ def looped_770m():
 
 # ---- puzzles (SPEC 2.2): Sudoku 9x9 by default (L=81, vocab 11); mazes: seq_len=n*n, vocab_size=6 ----
 
-@preset
+# The CPU puzzle presets' trainer defaults. The puzzle task's (TRM's) lr 1e-4 and EMA 0.999 are
+# made for ~65k steps; over the few hundred to few thousand steps of a CPU run they leave the
+# served (averaged) weights near their initialisation. These are what docs/results-puzzles.md
+# trained them with: lr 1e-3 and weight decay 0.1 (TRM's lr x wd product), EMA 0.99, a 50-step
+# warmup, batch 64.
+CPU_PUZZLE_TRAIN = {"batch_size": 64, "lr": 1e-3, "weight_decay": 0.1, "ema": 0.99, "warmup": 50}
+
+
+@preset(train=CPU_PUZZLE_TRAIN)
 def puzzle_transformer_cpu():  # 5 bidirectional blocks of d=128: 0.98M dense
     return PuzzleTransformerConfig(d=128, n_head=4, n_layer=5)
 
@@ -160,12 +185,12 @@ def puzzle_transformer_27m():  # SPEC 2.2: width 512, 8 heads, 8 layers (our blo
 CPU_REASONER = dict(d=192, n_head=4, n_layer=2, h_cycles=2, halt_max_steps=8)
 
 
-@preset
+@preset(train=CPU_PUZZLE_TRAIN)
 def trm_cpu():
     return TRMConfig(**CPU_REASONER, l_cycles=3)
 
 
-@preset
+@preset(train=CPU_PUZZLE_TRAIN)
 def attractor_reasoner_cpu():  # the published solve: Anderson m=5, 4..8 steps, tol 1e-3, phantom k=2
     return AttractorReasonerConfig(**CPU_REASONER)
 
@@ -207,12 +232,12 @@ def override(cfg, **overrides):
 
     Keys are config fields (`d=256`), dotted paths into nested configs
     (`**{"solve.solver.m": 3}`), or, for equilibrium models, the solve's own fields directly
-    (`tol=1e-4`, `solver="picard"`, `grad=Phantom(k=3)`). Unknown names and keys, and values of
-    the wrong type or range, raise ConfigError naming the field.
+    (`tol=1e-4`, `solver="picard"`, `grad=Phantom(k=3)`): see `resolve_key`. Unknown names and
+    keys, and values of the wrong type or range, raise ConfigError naming the field.
     """
     for key, value in overrides.items():
         try:
-            cfg = schema.override(cfg, key_path(cfg, key), value)
+            cfg = schema.override(cfg, resolve_key(key, {"model": cfg})[1], value)
         except ConfigError:
             raise
         except (TypeError, ValueError) as err:
@@ -220,14 +245,49 @@ def override(cfg, **overrides):
     return cfg
 
 
-def key_path(cfg, key: str) -> str:
-    """The dotted path an override key names: itself, or solve.<key> for a solve field given
-    directly ('tol' -> 'solve.tol'). Unknown first names raise ConfigError with suggestions."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    solve_fields = {f.name for f in dataclasses.fields(SolveConfig)} if "solve" in fields else set()
+def resolve_key(key: str, sections: dict[str, object]) -> tuple[str, str]:
+    """(section, dotted path inside it) that a setting's key names, among `sections` (name ->
+    config: {"model", "data", "train"} for a run, {"model": cfg} for a model alone).
+
+    'section.path' names its section ('model.solve.solver.m'); otherwise the key's first name
+    must be a field of exactly one section ('lr' -> train), where an equilibrium model's fields
+    include its solve's ('tol' -> model, 'solve.tol'). An unknown name is a ConfigError with
+    suggestions, a name that several sections have one that asks for the section.
+    """
+    head, _, rest = key.partition(".")
+    if head in sections:
+        if not rest:
+            first = dataclasses.fields(sections[head])[0].name
+            raise ConfigError(f"--set {key}: name a field of {head}, e.g. {head}.{first}")
+        candidates, key, head = [head], rest, rest.partition(".")[0]
+    else:
+        candidates = list(sections)
+    owners = {s: path for s in candidates if (path := _field_path(sections[s], key)) is not None}
+    if len(owners) > 1:
+        raise ConfigError(f"--set {key}: ambiguous, it is a field of {' and '.join(owners)}; "
+                          f"write {' or '.join(f'{o}.{key}' for o in owners)}")
+    if not owners:
+        known = set().union(*(_field_names(sections[s]) for s in candidates))
+        what = f"config key for {type(sections[candidates[0]]).__name__}" if len(candidates) == 1 else "config key"
+        check_name(head, known, what)
+    return next(iter(owners.items()))
+
+
+def _field_names(cfg) -> set[str]:
+    """The first names a key may have inside `cfg`: its fields, and its solve's where it has one."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if "solve" in names and dataclasses.is_dataclass(cfg.solve):
+        names |= {f.name for f in dataclasses.fields(cfg.solve)}
+    return names
+
+
+def _field_path(cfg, key: str) -> str | None:
+    """The dotted path of `key` inside `cfg` (itself, or solve.<key> for a field of the solve
+    given bare), None where its first name is none of _field_names."""
     head = key.partition(".")[0]
-    check_name(head, fields | solve_fields, f"config key for {type(cfg).__name__}")
-    return key if head in fields else f"solve.{key}"
+    if head in {f.name for f in dataclasses.fields(cfg)}:
+        return key
+    return f"solve.{key}" if head in _field_names(cfg) else None
 
 
 def build(name: str, **overrides) -> nn.Module:
@@ -240,10 +300,14 @@ def from_config(cfg) -> nn.Module:
     return MODEL_OF[type(cfg)](cfg)
 
 
+def family_of(cfg) -> str:
+    """The family tag of a model config ('attractor', 'trm', ...)."""
+    return next(tag for tag, cls in FAMILIES.items() if type(cfg) is cls)
+
+
 def config_to_dict(cfg) -> dict:
     """A model config as JSON-safe data with its family tag: {"family": "attractor", ...}."""
-    family = next(tag for tag, cls in FAMILIES.items() if type(cfg) is cls)
-    return {"family": family, **schema.to_dict(cfg)}
+    return {"family": family_of(cfg), **schema.to_dict(cfg)}
 
 
 def config_from_dict(data: dict):

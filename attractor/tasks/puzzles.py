@@ -21,7 +21,9 @@ cell, clues included, is scored, as in the published builders.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +32,9 @@ from torch import Tensor
 from attractor.data.batches import SteppedBatches
 from attractor.data.puzzles import Split, load_puzzles
 from attractor.errors import ConfigError, check_int
+from attractor.io import CheckpointError
 from attractor.schema import check_fields, require
+from attractor.tasks.base import Task, register
 
 IGNORE_INDEX = -100  # PyTorch's ignore value, the models' (attractor/models/base.py)
 PAD = 0  # the datasets' pad token id (docs/data.md, "Puzzles")
@@ -202,3 +206,87 @@ def changed_metrics(logits: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
     if inputs.shape != labels.shape:
         raise ValueError(f"inputs and labels must both be (B, L), got {tuple(inputs.shape)} and {tuple(labels.shape)}")
     return cell_metrics(logits, labels.masked_fill(labels == inputs, IGNORE_INDEX))[1]  # score the changed cells only
+
+
+# ---- the task
+
+
+class PuzzleTask(Task):
+    """Puzzles of a dataset folder (Sudoku, mazes): TRM's batches and recipe, exact and cell
+    accuracy. The dataset fixes the model's seq_len and vocab_size, and a checkpoint keeps the
+    dataset's description (dataset.json: kind, token ids, box or size) instead of a tokenizer."""
+
+    name = "puzzles"
+    data_config = PuzzleDataConfig
+    # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW for every parameter (no Muon), lr
+    # 1e-4, betas (0.9, 0.95), weight decay 1.0, EMA 0.999, a linear warmup and then a constant
+    # rate (no cooldown). TRM warms up over 2000 of its ~65k steps; 100 suits CPU runs of a few
+    # thousand (the 27M recipe in docs/training.md sets 2000).
+    train = {"lr": 1e-4, "weight_decay": 1.0, "betas": (0.9, 0.95), "ema": 0.999, "warmup": 100, "cooldown": 0.0,
+             "matrix_optimizer": "adamw"}
+    evaluator = "evaluate_puzzles"  # exact, cell and changed-cell accuracy
+    model_kind = "puzzle model"
+    reads = "it reads a puzzle dataset"
+    solves_puzzles = True
+
+    def model_settings(self, data: PuzzleDataConfig) -> list[str]:
+        if data.source is None:
+            return []
+        meta = data.load()["meta"]
+        return [f"model.{key}={meta[key]}" for key in ("seq_len", "vocab_size")]
+
+    def check_fit(self, run) -> None:
+        if run.data.source is not None:
+            check_dataset(run, run.data.load()["meta"])
+
+    def recognise(self, source: str) -> str | None:
+        """'a sudoku puzzle dataset' for a folder holding dataset.json."""
+        if not (Path(source) / "dataset.json").is_file():
+            return None
+        try:
+            kind = json.loads((Path(source) / "dataset.json").read_text()).get("kind", "puzzle")
+        except (OSError, ValueError, AttributeError):
+            kind = "puzzle"
+        return f"a {kind} puzzle dataset"
+
+    def load(self, run, rank: int = 0, world: int = 1) -> dict:
+        """The loaded dataset ({"meta", "train", "test"}, memory-mapped), checked against the model."""
+        data = run.data.load()
+        check_dataset(run, data["meta"])
+        return data
+
+    def batches(self, run, data, rank: int = 0, world: int = 1) -> PuzzleBatches:
+        return PuzzleBatches(data["train"], run.train.micro_batch, seed=run.train.seed, rank=rank, world_size=world)
+
+    def validation(self, run, data) -> TestBatches:
+        """The first puzzles of the test split, in order."""
+        micro_batch = run.train.micro_batch
+        return test_batches(data["test"], micro_batch, max_puzzles=run.train.eval_batches * micro_batch)
+
+    def vocab(self, data) -> dict:
+        """The dataset's description (its dataset.json: "kind" 'sudoku' or 'maze', "seq_len",
+        "vocab_size", "tokens", "box" or "size", "recipe", "splits")."""
+        return data["meta"]
+
+    def vocab_json(self, vocab: dict) -> str:
+        return json.dumps({"puzzles": vocab})
+
+    def vocab_from_json(self, text: str, where: str) -> dict:
+        try:
+            return json.loads(text)["puzzles"]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{where}: tokenizer.json does not describe a puzzle dataset") from None
+
+    def eval_metrics(self, record: dict) -> str:
+        return f", exact {record['val_exact']:.3f}, cell {record['val_cell']:.3f}"
+
+
+def check_dataset(run, meta: dict) -> None:
+    """ConfigError unless the run's model takes the puzzle dataset's sequences and tokens."""
+    for key in ("seq_len", "vocab_size"):
+        if getattr(run.model, key) != meta[key]:
+            raise ConfigError(f"model.{key}={getattr(run.model, key)} does not fit the dataset {Path(run.data.source)} "
+                              f"({key} {meta[key]}, {meta['kind']}); drop the setting: the model follows the dataset")
+
+
+PUZZLES = register(PuzzleTask())

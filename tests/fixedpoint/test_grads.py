@@ -382,7 +382,7 @@ PROBE = PEAK_RSS_PRELUDE + textwrap.dedent("""
     z, info = fixed_point(f, torch.zeros_like(x), grad=mode, tol=0.0, max_iter=max_iter, min_iter=max_iter,
                           on_fail="ignore")
     z.square().sum().backward()
-    assert int(info.iters.min()) == max_iter
+    assert int(info.depth.min()) == max_iter
     print(json.dumps(peak_growth_mb(before)))
 """)
 

@@ -62,13 +62,13 @@ def test_each_sample_stops_on_its_own(solver, gen64):
 
     z, info = fixed_point(f, torch.zeros_like(b), solver=solver, tol=1e-10, max_iter=1000, trace=True)
     # once stopped, the easy sample no longer changes: its residual stays what it was
-    stopped_trace = info.trace[0, int(info.iters[0]):]
+    stopped_trace = info.trace[0, int(info.depth[0]):]
     assert len(stopped_trace) > 1 and (stopped_trace == stopped_trace[0]).all()
     alone, alone_info = fixed_point(linear_map(easy_a, easy_b), torch.zeros_like(easy_b), solver=solver,
                                     tol=1e-10, max_iter=1000)
     assert info.converged.all()
-    assert info.iters[0] < info.iters[1]
-    assert info.iters[0] == alone_info.iters[0]
+    assert info.depth[0] < info.depth[1]
+    assert info.depth[0] == alone_info.depth[0]
     torch.testing.assert_close(z[:1], alone, rtol=0, atol=1e-12)
 
 
@@ -77,7 +77,7 @@ def iteration_counts(a, b, solver, scales):
     for s in scales:
         _, info = fixed_point(linear_map(a, s * b), torch.zeros_like(b), solver=solver, tol=1e-4, max_iter=500)
         assert info.converged.all()
-        counts.append(info.iters)
+        counts.append(info.depth)
     return torch.stack(counts)  # (n_scales, B)
 
 
@@ -180,11 +180,11 @@ def test_bf16_autocast_keeps_solver_state_float32(gen64):
 def test_min_iter_and_max_iter(gen64):
     a, b = contractive_linear(n=16, radius=0.1, batch=2, generator=gen64)
     _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-3, min_iter=7)
-    assert (info.iters == 7).all()
+    assert (info.depth == 7).all()
     z0 = torch.zeros_like(b)
     z, info = fixed_point(linear_map(a, b), z0, solver="picard", max_iter=0, on_fail="ignore")
     assert z is z0 or torch.equal(z, z0)
-    assert (info.iters == 0).all() and info.n_evals == 1
+    assert (info.depth == 0).all() and info.n_evals == 1
     # residual of z0 = 0: ||b|| / ||b|| = 1
     torch.testing.assert_close(info.residual, torch.ones(2, dtype=torch.float64))
 
@@ -195,6 +195,18 @@ def test_trace_records_every_evaluation(gen64):
     assert info.trace.shape == (2, info.n_evals)
     assert (info.trace[:, -1] < 1e-8).all() and (info.trace[:, 0] == 1).all()
     assert "converged 2/2" in info.summary()
+
+
+def test_info_reports_depth_and_names_the_old_attribute(gen64):
+    # FixedPointInfo.iters became .depth in 0.2.0 (`iters` is a model's depth knob only)
+    a, b = contractive_linear(n=16, radius=0.1, batch=2, generator=gen64)
+    _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver="picard", tol=1e-3, min_iter=3)
+    assert info.depth.dtype == torch.long and (info.depth >= 3).all()
+    assert f"depth median {info.depth.float().median().item():.0f}" in info.summary()
+    with pytest.raises(AttributeError, match="renamed FixedPointInfo.depth"):
+        info.iters
+    with pytest.raises(AttributeError, match="no attribute 'itres'"):
+        info.itres
 
 
 def test_names_and_options_fail_loudly():
@@ -246,11 +258,11 @@ def test_prefix_stop_makes_adaptive_depth_exactly_causal(solver, gen64):
     kw = dict(solver=solver, tol=1e-6, max_iter=200, batch_dims=2, prefix_stop=True)
     z1, info1 = fixed_point(f, torch.zeros_like(b), **kw)
     z2, info2 = fixed_point(g, torch.zeros_like(b), **kw)
-    assert info1.iters.shape == (2, 6) and info1.converged.all() and info2.converged.all()
+    assert info1.depth.shape == (2, 6) and info1.converged.all() and info2.converged.all()
     assert torch.equal(z1[:, :-1], z2[:, :-1])  # bit-identical, not merely close
     assert not torch.equal(z1[:, -1], z2[:, -1])
     # every position's iteration count is at least that of the positions before it
-    assert (info1.iters.diff(dim=1) >= 0).all()
+    assert (info1.depth.diff(dim=1) >= 0).all()
 
 
 def test_coupled_units_without_prefix_stop_still_reach_a_joint_fixed_point(gen64):
@@ -292,7 +304,7 @@ def test_inplace_f_leaves_z0_alone_and_is_solved(solver, dtype, gen64):
         with torch.set_grad_enabled(grad_on):
             z, info = fixed_point(f, z0, solver=solver, tol=1e-5, max_iter=200)
         assert torch.equal(z0, before)
-        assert info.converged.all() and (info.iters > 0).all()
+        assert info.converged.all() and (info.depth > 0).all()
         # tol 1e-5 relative residual at contraction 0.5 bounds the error by 2e-5 relative
         torch.testing.assert_close(z, linear_solution(a, b), rtol=1e-4, atol=1e-4)
 
@@ -321,7 +333,7 @@ def test_tol_zero_counts_an_exact_fixed_point_as_converged(solver):
     b = torch.tensor([[1.0, 2.0], [3.0, -1.0]], dtype=torch.float64)
     z0 = torch.stack([2 * b[0], torch.zeros(2, dtype=torch.float64)])  # sample 0 starts at z*
     z, info = fixed_point(lambda z: 0.5 * z + b, z0, solver=solver, tol=0.0, max_iter=5, on_fail="ignore")
-    assert info.status[0] == Status.CONVERGED and info.converged[0] and info.iters[0] == 0
+    assert info.status[0] == Status.CONVERGED and info.converged[0] and info.depth[0] == 0
     assert torch.equal(z[0], z0[0])
 
 
@@ -388,4 +400,4 @@ def test_numpy_integers_are_counts(gen64):
     a, b = contractive_linear(n=4, radius=0.5, batch=2, generator=gen64)
     _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=np.int32(2)),
                           max_iter=np.int64(6), min_iter=np.int16(6), on_fail="ignore")
-    assert (info.iters == 6).all()
+    assert (info.depth == 6).all()

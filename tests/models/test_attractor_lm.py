@@ -72,8 +72,8 @@ def test_adaptive_solve_reaches_the_fixed_point_and_reports_it():
         c = model.propose(idx)
         f = model.equilibrium(idx).f
     info = out.info
-    assert info.iters.shape == (2, 16) and out.converged.item() == 1.0
-    assert torch.equal(out.depth, info.iters.max(1).values) and (info.residual < 1e-5).all()
+    assert info.depth.shape == (2, 16) and out.converged.item() == 1.0
+    assert torch.equal(out.depth, info.depth.max(1).values) and (info.residual < 1e-5).all()
     # the decoded state y satisfies y = f(y): decode(f(y)) matches within tol-sized error
     y = f(c)  # one plain step is not the answer: the solve must have moved beyond it
     assert not torch.allclose(out.logits, model.decode(y, None)[0], atol=1e-6)

@@ -73,9 +73,9 @@ def test_every_family_returns_typed_fields(name):
     if name == "looped-1m":  # no solve: depth is the loops run
         assert out.converged is None and out.info is None and out.n_evals == int(out.depth.max())
     else:
-        assert isinstance(out.info, FixedPointInfo) and out.info.iters.shape == (3, 16)
+        assert isinstance(out.info, FixedPointInfo) and out.info.depth.shape == (3, 16)
         assert out.converged.dim() == 0 and out.converged.item() == out.info.converged.float().mean().item()
-        assert torch.equal(out.depth, out.info.iters.max(1).values) and out.n_evals == out.info.n_evals
+        assert torch.equal(out.depth, out.info.depth.max(1).values) and out.n_evals == out.info.n_evals
 
 
 @pytest.mark.parametrize("name", RECURRENT)
@@ -379,11 +379,11 @@ def test_bidirectional_tokens_stop_on_their_own():
     x = torch.randn(4, 10, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, report = s(x, x, None)
-    iters = report.info.iters
-    assert (iters[:, 1:] < iters[:, :-1].cummax(1).values).any()
+    depth = report.info.depth
+    assert (depth[:, 1:] < depth[:, :-1].cummax(1).values).any()
     with torch.no_grad():
         _, prefix = stack(True, solver="picard")(x, x, None)
-    assert (prefix.info.iters[:, 1:] >= prefix.info.iters[:, :-1]).all()
+    assert (prefix.info.depth[:, 1:] >= prefix.info.depth[:, :-1]).all()
 
 
 def test_configs_are_frozen():

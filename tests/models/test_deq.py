@@ -50,7 +50,7 @@ def test_future_token_changes_no_earlier_logit(iters, tied_head):
     assert torch.equal(a.logits[:, :-1], b.logits[:, :-1])  # bit-exact, even with adaptive depth
     assert not torch.equal(a.logits[:, -1], b.logits[:, -1])
     if iters is None:
-        per_token = a.info.iters  # (B, T): the solve really ran per token
+        per_token = a.info.depth  # (B, T): the solve really ran per token
         assert per_token.shape == (3, 16) and per_token.max() > 1
 
 
@@ -118,8 +118,8 @@ def test_per_sequence_stopping_reports_per_sequence():
     model = tiny(stop="sample").eval()
     with torch.no_grad():
         out = model(tokens())
-    assert out.info.iters.shape == (3,)  # one problem per sequence
-    assert torch.equal(out.depth, out.info.iters) and out.depth.dtype == torch.long
+    assert out.info.depth.shape == (3,)  # one problem per sequence
+    assert torch.equal(out.depth, out.info.depth) and out.depth.dtype == torch.long
     assert out.n_evals == out.info.n_evals and out.converged.dim() == 0
     with torch.no_grad():
         fixed = model(tokens(), iters=2)

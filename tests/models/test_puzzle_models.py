@@ -366,7 +366,7 @@ def test_attractor_reports_its_solve_and_iters_sets_the_steps(name):
         three = model(inputs, iters=3, steps=1)
     cycles = 1 if model.cfg.joint else model.cfg.h_cycles
     solve = model.cfg.solve
-    assert out.info.iters.shape == (4,) and out.converged.dim() == 0
+    assert out.info.depth.shape == (4,) and out.converged.dim() == 0
     assert ((out.depth >= cycles * solve.min_iter) & (out.depth <= cycles * solve.max_iter)).all()
     assert warm.depth.tolist() == [0] * 4 and three.depth.tolist() == [3 * cycles] * 4
     assert warm.info is None and not torch.allclose(warm.logits, three.logits)
@@ -377,7 +377,7 @@ def test_joint_and_split_solves_differ():
     with torch.no_grad():
         split = variant("attractor", h_cycles=1).eval()(inputs, steps=1)
         joint = variant("attractor-joint").eval()(inputs, steps=1)
-    assert split.info.iters.shape == joint.info.iters.shape == (4,)
+    assert split.info.depth.shape == joint.info.depth.shape == (4,)
     assert not torch.allclose(split.logits, joint.logits)
 
 
@@ -448,7 +448,7 @@ def test_attractor_stopping_per_cell_runs_and_traces(joint):
     with torch.no_grad():
         out = model(inputs)
     cells = 2 * 20 if joint else 20  # prefix 4 + 16 cells, both states when joint
-    assert out.info.iters.shape == (1, cells) and out.depth.shape == (1,)
+    assert out.info.depth.shape == (1, cells) and out.depth.shape == (1,)
     frames = model.trace(inputs)
     torch.testing.assert_close(frames[-1].logits, out.logits, rtol=0, atol=0)
     assert all(f.residual is not None and math.isfinite(f.residual) for f in frames)

@@ -1,6 +1,6 @@
 """`attractor solve`: read a Sudoku or a maze, run a trained puzzle model on it, check its answer.
 
-    from attractor.solve import read_sudoku, solve
+    from attractor.puzzle_solve import read_sudoku, solve
     puzzle = read_sudoku("4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........")
     result = solve(model, puzzle, trace=True)
     result.answer, result.verdict.ok, result.verdict.message   # '468931527...', True, 'satisfied: ...'
@@ -363,8 +363,8 @@ def load_solver(checkpoint: str | Path) -> tuple[nn.Module, dict, str]:
 
     model, vocab, run, step = load_run(checkpoint)
     name = f"{type(model).__name__} at step {step}"
-    if run.task != "puzzles":
-        raise ConfigError(f"{checkpoint} holds a language model ({name}), not a puzzle model")
+    if not run.task.solves_puzzles:
+        raise ConfigError(f"{checkpoint} holds a {run.task.model_kind} ({name}), not a puzzle model")
     return model, vocab, name
 
 
