@@ -18,4 +18,4 @@ def load(path, *, device="cpu"):
     from attractor.run import load_run
 
     return load_run(path, device=device)[0]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

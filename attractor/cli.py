@@ -7,14 +7,16 @@ puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m
                     [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
     attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
                     (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
-    attractor generate [--checkpoint] DIR --prompt TEXT [--max-new-tokens N] [--iters K]
+    attractor generate [--checkpoint] DIR --prompt TEXT [--max-new-tokens N] [--iters K] [--no-cache]
                     [--temperature T] [--top-k K] [--seed S]   (prints as it goes; Ctrl-C keeps it)
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
     attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
     attractor data sudoku|maze --out DIR [--train N] [--test N] ...   (offline, from our generators)
     attractor data sudoku-extreme|maze-hard --out DIR [--csv-dir DIR]  (the official sets, from the hub)
+    attractor data parity --out DIR [--train-bits 16] [--test-bits 16,32,...,512]  (offline)
     attractor solve sudoku PUZZLE|maze FILE --checkpoint DIR [--trace] [--html FILE]
+    attractor solve parity BITS --checkpoint DIR [--set solver=picard]
 
 Errors a user can cause (unknown names or keys, bad values, missing data, a corrupt or missing
 checkpoint) print as one line and exit with code 2; a run stopped by non-finite losses exits 1.
@@ -200,8 +202,45 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
     return 0
 
 
+def _eval_parity(args: argparse.Namespace, model, run, step: int, depths: list[int | None], meta: dict) -> int:
+    """`attractor eval` of a parity checkpoint: exact and bit accuracy and iterations at every
+    test length of its dataset (or of another parity dataset, `--data`), at each depth."""
+    from attractor.evaluate import evaluate_parity
+    from attractor.run import load_data
+    from attractor.tasks.parity import LengthBatches
+
+    if args.batches is not None or args.plot:
+        raise ConfigError("--batches and --plot are for language models; a parity checkpoint takes --puzzles N "
+                          "(strings per length)")
+    if args.data is not None:
+        run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=args.data))
+    test = load_data(run)["test"]
+    per_length = None
+    if args.puzzles is not None:
+        per_length = -(-_positive(args.puzzles, "--puzzles") // run.train.micro_batch)
+        test = {n: type(s)(s.inputs[:args.puzzles], s.labels[:args.puzzles]) for n, s in test.items()}
+    batches = LengthBatches(test, run.train.micro_batch, per_length)
+    rows = []
+    for iters in depths if model.has_depth else [None]:
+        result = evaluate_parity(model, batches, iters=iters)
+        for n in batches.lengths:
+            rows.append({"iters": "adaptive" if iters is None else iters, "bits": n, "strings": len(test[n]),
+                         "exact": result[f"val_exact_{n}"], "bit_accuracy": result[f"val_bits_{n}"],
+                         "depth": result.get(f"val_depth_{n}"), "converged": result.get(f"val_converged_{n}")})
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
+                          "task": run.task.name, "sweep": rows}))
+        return 0
+    print(f"{type(model).__name__} at step {step}, test strings of {run.data.source}")
+    print(f"{'iters':>9} {'bits':>6} {'strings':>7} {'exact':>7} {'bit acc':>7} {'depth':>8} {'converged':>9}")
+    for r in rows:
+        print(f"{r['iters']!s:>9} {r['bits']:6d} {r['strings']:7d} {r['exact']:7.3f} {r['bit_accuracy']:7.4f} "
+              f"{_cell(r, 'depth', '8.1f')} {_cell(r, 'converged', '9.3f')}")
+    return 0
+
+
 # The `attractor eval` of each evaluator a task names (Task.evaluator): the table prints what it measures.
-EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles}
+EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles, "evaluate_parity": _eval_parity}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -234,7 +273,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise ConfigError("--prompt must hold at least one token (give some text)")
     tokens = stream(model, prompt, max_new_tokens=args.max_new_tokens, iters=args.iters,
-                    temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+                    temperature=args.temperature, top_k=args.top_k, seed=args.seed, cache=not args.no_cache)
     pieces, out = TextPieces(tokenizer.decode), sys.stdout
     out.write(args.prompt)
     out.flush()
@@ -326,12 +365,20 @@ def cmd_maze(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """Build a puzzle dataset: offline from our generators, or the official sets from the hub."""
+    """Build a puzzle or parity dataset: offline from our generators, or the official sets from the hub."""
     from attractor.data import puzzles
     from attractor.io import check_writable_dir
 
     if check_writable_dir(args.out, "--out").exists():  # before generating or downloading anything
         raise ConfigError(f"{args.out} already exists; delete it or choose another --out")
+    if args.action == "parity":
+        from attractor.data.parity import build_parity, parse_bits_list, read_meta
+
+        out = build_parity(args.out, _positive(args.train_bits, "--train-bits"), parse_bits_list(args.test_bits),
+                           _positive(args.train, "--train"), _positive(args.test, "--test"), args.seed)
+        print(f"wrote {out}: " + ", ".join(f"{k} {v['examples']:,} strings of {v['bits']} bits"
+                                           for k, v in read_meta(out)["splits"].items()))
+        return 0
     if args.action == "sudoku":
         out = puzzles.build_sudoku(args.out, args.train, args.test, args.aug, args.rating, args.seed, _box(args.box))
     elif args.action == "maze":
@@ -351,11 +398,19 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
-    """Solve a Sudoku or a maze with a puzzle checkpoint: the answer, its check, the iterations
-    (exit 0 when solved, 1 when not)."""
+    """Solve a Sudoku, a maze or a parity string with a checkpoint: the answer, its check, the
+    iterations (exit 0 when solved, 1 when not)."""
     from attractor.io import check_writable_file
     from attractor.puzzle_solve import solve_command
 
+    if args.kind == "parity":
+        from attractor.parity_solve import parity_command
+
+        if args.trace or args.html is not None:
+            raise ConfigError("--trace and --html show a grid: they are for sudoku and maze, not parity")
+        return parity_command(args.puzzle, args.checkpoint, settings=args.set)
+    if args.set:
+        raise ConfigError("--set is for parity checkpoints (the solve of a puzzle model is its own)")
     if args.html is not None:  # before loading and solving: a page that cannot be written fails at once
         check_writable_file(args.html, "--html")
     return solve_command(args.kind, args.puzzle, args.checkpoint, trace=args.trace, html=args.html)
@@ -415,6 +470,8 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; finite, >= 0")
     gen.add_argument("--top-k", type=int, help="sample among the K most likely tokens (1 to the vocabulary size)")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-cache", action="store_true", help="re-run the model on the whole context for every "
+                     "token (default: a KV cache, for the transformer and any model at a fixed --iters)")
     dm = sub.add_parser("demo", help=cmd_demo.__doc__)
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--steps", type=int, default=300, help="training steps per model")
@@ -446,7 +503,13 @@ def parser() -> argparse.ArgumentParser:
     d_extreme.add_argument("--min-rating", type=int, help="keep puzzles with the official rating >= this")
     d_extreme.add_argument("--test-limit", type=int, help="keep the first N test puzzles (default: all)")
     d_hard = data.add_parser("maze-hard", help="download and convert sapientinc/maze-30x30-hard-1k (1000 x 8, 1000)")
-    for sp in (d_sudoku, d_maze, d_extreme, d_hard):
+    d_parity = data.add_parser("parity", help="generate prefix-parity bit strings offline: one training length, "
+                               "test lengths far beyond it")
+    d_parity.add_argument("--train-bits", type=int, default=16, help="length of the training strings")
+    d_parity.add_argument("--test-bits", default="16,32,64,128,256,512", help="test lengths, comma-separated")
+    d_parity.add_argument("--train", type=int, default=10000, help="training strings")
+    d_parity.add_argument("--test", type=int, default=1000, help="test strings of each length")
+    for sp in (d_sudoku, d_maze, d_extreme, d_hard, d_parity):
         sp.add_argument("--out", required=True, help="dataset folder to create (must not exist)")
         sp.add_argument("--seed", type=int, default=0)
     for sp in (d_sudoku, d_maze):
@@ -467,11 +530,14 @@ def parser() -> argparse.ArgumentParser:
     gen_m.add_argument("--seed", type=int, default=0)
 
     sv = sub.add_parser("solve", help=cmd_solve.__doc__.splitlines()[0])
-    sv.add_argument("kind", choices=["sudoku", "maze"])
+    sv.add_argument("kind", choices=["sudoku", "maze", "parity"])
     sv.add_argument("puzzle", metavar="PUZZLE", help="sudoku: the puzzle (digits, '.' or '0' for blanks) or a "
-                    "file holding it; maze: a file of rows of '# SG' (- reads stdin)")
+                    "file holding it; maze: a file of rows of '# SG' (- reads stdin); parity: bits (0 and 1, any "
+                    "length) or a file holding them")
     sv.add_argument("--checkpoint", required=True, metavar="DIR",
-                    help="a puzzle checkpoint or run directory (its newest)")
+                    help="a puzzle or parity checkpoint or run directory (its newest)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="parity: change the saved solve, e.g. solver=picard or max_iter_per_position=4")
     sv.add_argument("--trace", action="store_true", help="print the grid after every iteration")
     sv.add_argument("--html", metavar="FILE", help="write a page that steps through the iterations")
     return p

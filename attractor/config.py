@@ -26,7 +26,7 @@ from attractor.errors import ConfigError, check_name
 from attractor.models import PRESETS, config_from_dict, config_to_dict
 from attractor.models import config as model_config
 from attractor.models.registry import PRESET_TRAIN, resolve_key, task_name
-from attractor.tasks import TASKS, PuzzleDataConfig, Task, get_task
+from attractor.tasks import TASKS, ParityDataConfig, PuzzleDataConfig, Task, get_task
 from attractor.train import TrainConfig
 
 SECTIONS = ("model", "data", "train")
@@ -40,7 +40,7 @@ def task_of(model) -> Task:
 @dataclass(frozen=True)
 class RunConfig:
     model: object  # a model config of any family (AttractorLMConfig, TransformerConfig, TRMConfig, ...)
-    data: DataConfig | PuzzleDataConfig  # the data config of the model's task (task_of(model).data_config)
+    data: DataConfig | PuzzleDataConfig | ParityDataConfig  # the data config of the model's task (task_of(model).data_config)
     train: TrainConfig
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from attractor.models.base import IGNORE_INDEX, ModelOutput
+from attractor.tasks.parity import parity_metrics
 from attractor.tasks.puzzles import cell_metrics, changed_metrics
 
 # Edges of the residual histogram (relative residual per token), decades from 1e-6 to 1.
@@ -195,6 +196,38 @@ def by_rating(ratings: np.ndarray, exact: np.ndarray, cell: np.ndarray, depth: n
             row["depth"] = float(depth[mask].mean())
         rows.append(row)
     return rows
+
+
+def evaluate_parity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, iters: int | None = None,
+                    device: torch.device | None = None, autocast=contextlib.nullcontext) -> dict:
+    """Exact and bit accuracy of a parity model (attractor.tasks.parity) over batches of several
+    lengths, each batch of one length, in eval mode.
+
+    Returns:
+        val_loss (bit-weighted, all lengths), val_exact (share of strings with every bit right,
+        all lengths), val_strings; per length n: val_exact_n, val_bits_n (share of bits right)
+        and, for models with depth, val_depth_n (mean solver steps) and val_converged_n; and
+        the solve statistics over all batches (as `evaluate`).
+    """
+    total, count, outs, by_length = 0.0, 0, [], {}
+    for idx, targets, out in forwards(model, batches, iters=iters, device=device, autocast=autocast):
+        n = int((targets != IGNORE_INDEX).sum())
+        total += out.loss.float().item() * n
+        count += n
+        exact, bits = parity_metrics(out.logits, targets)
+        rows = by_length.setdefault(idx.shape[1], {"exact": [], "bits": [], "outs": []})
+        rows["exact"].append(exact.cpu())
+        rows["bits"].append(bits.cpu())
+        rows["outs"].append(_stats_only(out))
+        outs.append(_stats_only(out))
+    exact_all = torch.cat([e for r in by_length.values() for e in r["exact"]]).float()
+    result = {"val_loss": total / max(count, 1), "val_exact": exact_all.mean().item(), "val_strings": len(exact_all)}
+    for length, rows in sorted(by_length.items()):
+        result[f"val_exact_{length}"] = torch.cat(rows["exact"]).float().mean().item()
+        result[f"val_bits_{length}"] = torch.cat(rows["bits"]).mean().item()
+        result.update({f"val_{k}_{length}": v for k, v in depth_stats(rows["outs"]).items() if k != "n_evals"})
+    result.update({f"val_{k}": v for k, v in depth_stats(outs).items()})
+    return result
 
 
 def takes_steps(model: nn.Module) -> bool:

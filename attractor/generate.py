@@ -1,8 +1,15 @@
-"""Sampling text from a trained language model: a plain loop without a KV cache.
+"""Sampling text from a trained language model, with a KV cache where the model has one.
 
-Every new token re-runs the model on the last seq_len tokens. At the CPU scale this library
-trains on, that costs little; a KV cache would also have to carry the attractor's per-token
-fixed points, and is left for when generation speed matters.
+Each new token's logits come from a `Context`: with a cache (attractor.kvcache; the default
+wherever the model's `can_cache(iters)` says yes: the transformer, and the equilibrium and looped
+models at a fixed depth) only the new token runs through the model, against the keys and values of
+the earlier ones; without one (`cache=False`, `attractor generate --no-cache`, and adaptive
+solves) the model re-runs on the whole context. Both give the same tokens and logits up to rounding.
+
+Contexts longer than seq_len, one rule for both paths: the model sees the last seq_len tokens (a
+sliding window). Uncached, every forward feeds them; cached, a token that does not fit the full
+cache rebuilds it over the last seq_len tokens, whose positions have all shifted, so past seq_len
+each token costs one forward over the window either way.
 
 `stream` yields the new tokens one at a time (what `attractor generate` prints as they come),
 `sample` returns them as one list, and `TextPieces` turns them into text that is safe to print
@@ -15,7 +22,9 @@ import math
 from collections.abc import Callable, Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from attractor.kvcache import KVCache
 
 REPLACEMENT = "\ufffd"  # what a tokenizer's decode gives for bytes that are not (yet) a whole character
 
@@ -34,8 +43,46 @@ def check_options(*, max_new_tokens: int, temperature: float, top_k: int | None,
         raise ValueError(f"top_k={top_k} is above the vocabulary ({vocab_size} tokens)")
 
 
+class Context:
+    """The tokens of one sequence so far and the logits of the next one, cached or not.
+
+    `logits()` is the next token's (V,) float32 logits under the sliding-window rule of the module
+    docstring; `append(token)` adds a token. With `cache` (where the model supports one at
+    `iters`) the tokens not yet in the KV cache are fed against it, the cache rebuilt over the
+    last seq_len tokens when they do not fit; otherwise the model runs on the last seq_len tokens.
+    """
+
+    def __init__(self, model: nn.Module, prompt: list[int], iters: int | None = None, cache: bool = True):
+        self.model, self.seq_len = model, model.cfg.seq_len
+        self.kwargs = {} if iters is None else {"iters": iters}
+        can_cache = getattr(model, "can_cache", None)
+        self.cached = bool(cache and can_cache is not None and can_cache(iters))
+        self.device = next(model.parameters()).device
+        self.ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        self.kv: KVCache | None = None
+        self.fed = 0  # ids[:, :fed] have been fed to the cache (its window of them)
+
+    def append(self, token: int | Tensor) -> None:
+        """Add one token id to the sequence."""
+        self.ids = torch.cat([self.ids, torch.as_tensor(token, device=self.device).view(1, 1)], 1)
+
+    @torch.no_grad()
+    def logits(self) -> Tensor:
+        """The next token's logits (V,), float32."""
+        if not self.cached:
+            return self.model(self.ids[:, -self.seq_len:], **self.kwargs).logits[0, -1]
+        new = self.ids.shape[1] - self.fed  # tokens not yet in the cache
+        if self.kv is None or self.kv.length + new > self.seq_len:  # start, or a full window: rebuild
+            self.kv = KVCache(self.seq_len)
+            feed = self.ids[:, -self.seq_len:]
+        else:
+            feed = self.ids[:, self.fed:]
+        self.fed = self.ids.shape[1]
+        return self.model(feed, cache=self.kv, **self.kwargs).logits[0, -1]
+
+
 def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, iters: int | None = None,
-           temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> Iterator[int]:
+           temperature: float = 1.0, top_k: int | None = None, seed: int = 0, cache: bool = True) -> Iterator[int]:
     """Continue `prompt` (token ids) by up to max_new_tokens tokens, yielding each new id as soon
     as it is drawn (so a caller can show it, or stop early).
 
@@ -44,6 +91,8 @@ def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, it
         temperature: 0 picks the most likely token (greedy); > 0 samples from softmax(logits / T).
         top_k: sample only among the k most likely tokens (at most the vocabulary's size).
         seed: the sampler's own generator, so a call is repeatable whatever else ran before.
+        cache: use a KV cache where the model supports one at `iters` (False: re-run the model
+            on the whole context for every token); the same tokens either way, up to rounding.
     Raises ValueError at the call, before any token, for an empty prompt or an option that
     cannot work (check_options).
     """
@@ -51,37 +100,34 @@ def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, it
         raise ValueError("the prompt must hold at least one token")
     check_options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                   vocab_size=model.cfg.vocab_size)
-    return _stream(model, prompt, max_new_tokens, iters, temperature, top_k, seed)
+    return _stream(model, prompt, max_new_tokens, iters, temperature, top_k, seed, cache)
 
 
 @torch.no_grad()
 def _stream(model: nn.Module, prompt: list[int], max_new_tokens: int, iters: int | None, temperature: float,
-            top_k: int | None, seed: int) -> Iterator[int]:
+            top_k: int | None, seed: int, cache: bool) -> Iterator[int]:
     model.eval()
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    seq_len = model.cfg.seq_len
-    kwargs = {} if iters is None else {"iters": iters}
+    context = Context(model, prompt, iters, cache)
+    generator = torch.Generator(device=context.device).manual_seed(seed)
     for _ in range(max_new_tokens):
-        logits = model(ids[:, -seq_len:], **kwargs).logits[0, -1]  # (V,)
+        logits = context.logits()  # (V,)
         if temperature == 0:
-            nxt = logits.argmax().view(1, 1)
+            nxt = logits.argmax()
         else:
             logits = logits / temperature
             if top_k is not None:
                 kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).view(1, 1)
-        ids = torch.cat([ids, nxt], 1)
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+        context.append(nxt)
         yield int(nxt)
 
 
 def sample(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, iters: int | None = None,
-           temperature: float = 1.0, top_k: int | None = None, seed: int = 0) -> list[int]:
+           temperature: float = 1.0, top_k: int | None = None, seed: int = 0, cache: bool = True) -> list[int]:
     """The new token ids (without the prompt) of `stream` with the same arguments, as one list."""
     return list(stream(model, prompt, max_new_tokens=max_new_tokens, iters=iters, temperature=temperature,
-                       top_k=top_k, seed=seed))
+                       top_k=top_k, seed=seed, cache=cache))
 
 
 class TextPieces:

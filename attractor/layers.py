@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from attractor import kernels
 from attractor.kernels import FusedPath
+from attractor.kvcache import LayerKV
 
 try:  # what Function.apply does with its arguments before the C++ apply (private; torch 2.1+)
     from torch._functorch.utils import unwrap_dead_wrappers
@@ -166,14 +167,16 @@ def _rotary_tables(t: int, k: int, base: float, device: torch.device, dtype: tor
         return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
-def rotary(x: Tensor, t_dim: int = -2, base: float = 10000.0) -> Tensor:
+def rotary(x: Tensor, t_dim: int = -2, base: float = 10000.0, pos: int = 0) -> Tensor:
     """Rotate pairs of channels of x (..., T, ..., K) by position-dependent angles (RoPE).
 
     Channel i of the first half of the head pairs with channel i of the second half; positions
     run along `t_dim`, K is the last dim. The values of the textbook
     cat([x1 cos - x2 sin, x1 sin + x2 cos]) up to rounding (addcmul may fuse multiply and add),
     with the tables cached rather than recomputed at every call (the attractor's map is
-    evaluated many times per forward).
+    evaluated many times per forward). `pos`: the positions start there, not at 0 (new tokens
+    after a KV cache's `pos` positions); their angles come from a table of a power-of-two length
+    sliced, the same values as a table of exactly pos + T (each angle is computed on its own).
     """
     k = x.shape[-1]
     if k % 2:
@@ -181,7 +184,11 @@ def rotary(x: Tensor, t_dim: int = -2, base: float = 10000.0) -> Tensor:
     t_dim %= x.dim()
     t = x.shape[t_dim]
     tables = _rotary_tables.__wrapped__ if torch.compiler.is_compiling() else _rotary_tables
-    cos, sin = tables(t, k, base, x.device, x.dtype)
+    if pos:
+        cos, sin = tables(1 << (pos + t - 1).bit_length(), k, base, x.device, x.dtype)
+        cos, sin = cos[pos:pos + t], sin[pos:pos + t]
+    else:
+        cos, sin = tables(t, k, base, x.device, x.dtype)
     shape = (t,) + (1,) * (x.dim() - t_dim - 2) + (k,)  # T on t_dim, broadcast up to K
     cos, sin = cos.view(shape), sin.view(shape)
     if torch.is_grad_enabled() and x.requires_grad:
@@ -218,13 +225,14 @@ class _Rotary(torch.autograd.Function):
         return _rotate(g, cos, sin, sign=-1.0), None, None
 
 
-def norm_rotary(x: Tensor, base: float = 10000.0) -> Tensor:
-    """QK-norm then RoPE, `rotary(rms_norm(x))`, on x (..., T, K) with positions on dim -2."""
-    return rotary(rms_norm(x), base=base)
+def norm_rotary(x: Tensor, base: float = 10000.0, pos: int = 0) -> Tensor:
+    """QK-norm then RoPE, `rotary(rms_norm(x))`, on x (..., T, K) with positions on dim -2,
+    starting at `pos`."""
+    return rotary(rms_norm(x), base=base, pos=pos)
 
 
 def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
-              fused: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+              fused: bool = False, pos: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Attention's q, k and v from the qkv projection (B, T, 3D), channels [q heads | k heads |
     v heads]: q and k normed and rotated, v a view of qkv; (B, H, T, K) each.
 
@@ -234,11 +242,12 @@ def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
     where the kernel serves qkv and its channels are contiguous): one kernel each way, reading qkv
     in order and writing q and k laid out as (B, T, H, K), so that attention's output needs no
     copy for the projection; the backward writes dL/dqkv whole, where autograd would stack q and
-    k's gradients and concatenate v's.
+    k's gradients and concatenate v's. `pos`: the first position's index (tokens after a KV
+    cache); positions after 0 take the eager path.
     """
     b, t, d3 = qkv.shape
     d, size = d3 // 3, d3 // (3 * n_head)  # width, head size K
-    if fused and kernels.active_for(qkv) and qkv.stride(-1) == 1:
+    if fused and not pos and kernels.active_for(qkv) and qkv.stride(-1) == 1:
         if size % 2:
             raise ValueError(f"rotary embeddings need an even head size, got {size}")
         cos, sin = _rotary_tables(t, size, base, qkv.device, qkv.dtype)
@@ -247,7 +256,7 @@ def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
         q, k, _ = kernels.ops().norm_rotary(qkv, cos, sin, n_head)
         return q, k, _v_heads(qkv, n_head)
     qk, v = qkv.split([2 * d, d], dim=-1)  # backward: one cat (two slices would each add a zero-filled copy)
-    q, k = norm_rotary(qk.view(b, t, 2, n_head, size).permute(2, 0, 3, 1, 4), base).unbind(0)
+    q, k = norm_rotary(qk.view(b, t, 2, n_head, size).permute(2, 0, 3, 1, 4), base, pos).unbind(0)
     return q, k, v.view(b, t, n_head, size).transpose(1, 2)
 
 
@@ -298,12 +307,30 @@ class Attention(FusedPath, nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: LayerKV | None = None) -> Tensor:
+        """(B, T, D) -> (B, T, D). With `cache` (causal attention only): x holds the T positions
+        after the cache's `length`, rotated there; they attend to the cached keys and values and
+        to each other causally, and are appended to the cache."""
         b, t, d = x.shape
         h = self.n_head
+        if cache is not None:
+            return self.proj(self._cached(x, cache).transpose(1, 2).reshape(b, t, d))
         q, k, v = qkv_heads(self.qkv(x), h, fused=self.fused_kernels)  # (B, H, T, K) each
         y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+    def _cached(self, x: Tensor, cache: LayerKV) -> Tensor:
+        """Attention's output (B, H, T, K) of x's T positions after the cache's, the cache extended."""
+        if not self.causal:
+            raise ValueError("a KV cache serves causal attention only: bidirectional positions see later ones")
+        pos, t = cache.length, x.shape[1]
+        q, k, v = qkv_heads(self.qkv(x), self.n_head, fused=self.fused_kernels, pos=pos)
+        k, v = cache.extend(k, v)  # (B, H, pos + T, K): every position held
+        if t == 1 or pos == 0:  # one new token sees everything; a first chunk is plainly causal
+            return F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        rows = torch.arange(pos, pos + t, device=x.device)[:, None]
+        mask = torch.arange(pos + t, device=x.device)[None, :] <= rows  # (T, pos + T): no later position
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(FusedPath, nn.Module):
@@ -348,8 +375,9 @@ class Block(FusedPath, nn.Module):
         self.gate_attn = Gate(d, gate_init, gamma_max) if gated else None
         self.gate_mlp = Gate(d, gate_init, gamma_max) if gated else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        a = self.attn(rms_norm(x, fused=self.fused_kernels))
+    def forward(self, x: Tensor, cache: LayerKV | None = None) -> Tensor:
+        """`cache`: the attention's keys and values of earlier positions (see Attention.forward)."""
+        a = self.attn(rms_norm(x, fused=self.fused_kernels), cache)
         x = x + (a if self.gate_attn is None else self.gate_attn() * a)
         m = self.mlp(rms_norm(x, fused=self.fused_kernels))
         return x + (m if self.gate_mlp is None else self.gate_mlp() * m)

@@ -14,6 +14,8 @@ FLOPs per iteration (one block), so their costs differ only in how the iteration
 
 from __future__ import annotations
 
+import argparse
+
 import ctypes
 import math
 import os
@@ -275,3 +277,18 @@ def fused_kernels_available(rows: str) -> bool:
     except RuntimeError as e:
         print(f"no {rows}: {e}")
         return False
+
+
+def bench_parser(module: str, doc: str, quick: str) -> argparse.ArgumentParser:
+    """The options every sized benchmark takes: --quick (what it shrinks: `quick`) and --threads
+    (default 1: a shared machine). `setup(args)` applies them."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{module}", description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    return parser
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Apply bench_parser's options: the thread count, and the seed every benchmark starts from."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)

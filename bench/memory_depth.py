@@ -53,22 +53,8 @@ from torch import nn
 
 from attractor import Implicit, OneStep, Phantom
 from bench.common import (
-    PEAK_RSS_ENV,
-    PeakRSS,
-    SavedTensors,
-    ROOT,
-    SEED,
-    attractor_lm,
-    available_mb,
-    batches,
-    code_line,
-    looped_lm,
-    median,
-    optimizer,
-    print_table,
-    seeded,
-    timed,
-    train_step,
+    PEAK_RSS_ENV, ROOT, attractor_lm, available_mb, batches, bench_parser, code_line, looped_lm, median, optimizer,
+    PeakRSS, print_table, SavedTensors, seeded, setup, timed, train_step,
 )
 
 MODELS = ("onestep", "phantom", "implicit", "looped")
@@ -316,13 +302,10 @@ def report(sizes: Sizes, memory: dict, times: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.memory_depth", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 2, T = 4 and 64, 1 timed step")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    parser = bench_parser("memory_depth", __doc__, "batch 2, T = 4 and 64, 1 timed step")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # "kind:iters:batch", internal
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
+    setup(args)
     if args.child:
         kind, iters, batch = args.child.split(":")
         print(json.dumps(memory_child(kind, int(iters), int(batch))))

@@ -52,17 +52,8 @@ from torch import Tensor
 import attractor
 from attractor import Anderson, Broyden, Implicit, Picard
 from bench.common import (
-    PEAK_RSS_ENV,
-    ROOT,
-    SEED,
-    PeakRSS,
-    SavedTensors,
-    block_map,
-    code_line,
-    env_line,
-    median,
-    median_time,
-    print_table,
+    PEAK_RSS_ENV, ROOT, SEED, bench_parser, block_map, code_line, env_line, median, median_time, PeakRSS,
+    print_table, SavedTensors, setup,
 )
 
 try:
@@ -414,13 +405,10 @@ def bench_memory(sizes: Sizes) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.solvers", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller linear maps, fewer repeats")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    parser = bench_parser("solvers", __doc__, "smaller linear maps, fewer repeats")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "mode:max_iter", internal
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
+    setup(args)
     if args.memory_child:
         mode, max_iter = args.memory_child.split(":")
         memory_child(mode, int(max_iter))

@@ -40,7 +40,6 @@ Run:  python -m bench.throughput            3 warm-up rounds, median of 10
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 
@@ -50,19 +49,8 @@ from torch import nn
 from attractor.kernels import use_fused_kernels
 from attractor.models import ModelOutput
 from bench.common import (
-    SEED,
-    attractor_lm,
-    batches,
-    code_line,
-    fused_kernels_available,
-    looped_lm,
-    median,
-    optimizer,
-    print_table,
-    seeded,
-    timed,
-    train_step,
-    transformer,
+    SEED, attractor_lm, batches, bench_parser, code_line, fused_kernels_available, looped_lm, median, optimizer,
+    print_table, seeded, setup, timed, train_step, transformer,
 )
 
 BATCH, SEQ = 16, 256
@@ -235,13 +223,10 @@ def report(sizes: Sizes, nets: dict, rec: dict, peaks: tuple[float, float]) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up round, median of 3")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see docstring)")
+    parser = bench_parser("throughput", __doc__, "1 warm-up round, median of 3")
     parser.add_argument("--kernels", action="store_true", help="add each model with the fused C++ kernels")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
+    setup(args)
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
     command = "python -m bench.throughput" + (" --quick" if args.quick else "") + \

@@ -242,7 +242,7 @@ def test_the_presets_at_their_defaults_need_less_than_16_gb_by_the_bound():
 def test_version_and_help(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
-    assert exit_.value.code == 0 and capsys.readouterr().out == "attractor 0.1.0\n"
+    assert exit_.value.code == 0 and capsys.readouterr().out == "attractor 0.2.0\n"
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())

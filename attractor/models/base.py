@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attractor.fixedpoint import FixedPointInfo
 from attractor.kernels import FusedPath
 from attractor.layers import rms_norm
-from attractor.schema import require
+from attractor.schema import check_fields, require
 
 IGNORE_INDEX = -100  # targets with this value take no part in the loss (PyTorch's, HF's default)
 
@@ -60,6 +60,24 @@ class ModelOutput:
     converged: Tensor | None = None
     info: FixedPointInfo | None = None
     metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """The fields every language model's config starts with; a family's config extends it."""
+
+    vocab_size: int = 256  # byte-level by default
+    seq_len: int = 256  # longest sequence the model accepts
+    d: int = 128  # width
+    n_head: int = 4
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)  # EquilibriumConfig's, where a family has both
+        if parent is not None:
+            parent()
+        check_fields(self)
+        check_width(self.d, self.n_head)
+        require(min(self.vocab_size, self.seq_len) >= 1, "vocab_size and seq_len must be >= 1")
 
 
 @dataclass
@@ -123,6 +141,11 @@ class TiedLM(FusedPath, nn.Module):
     its norms take the fused kernels when attractor.kernels.use_fused_kernels set its flag."""
 
     has_depth = True  # takes iters=k; the plain transformer sets False
+
+    def can_cache(self, iters: int | None) -> bool:
+        """Whether forward(..., iters=iters, cache=KVCache) serves this model (attractor.kvcache):
+        a family that supports a cached forward says at which depths."""
+        return False
 
     def __init__(self, vocab_size: int, d: int, tied: bool = True):
         super().__init__()

@@ -43,7 +43,9 @@ from attractor.fixedpoint import (
     solver_from_dict,
     solver_to_dict,
 )
-from attractor.layers import Block, block_flops
+from attractor.layers import Block, block_flops, init_weights
+from attractor.kvcache import KVCache
+from attractor.models.base import LMShape, ModelOutput, TiedLM, check_batch, check_depth
 from attractor.schema import check_fields, require
 
 
@@ -227,6 +229,18 @@ class EquilibriumStack(nn.Module):
         """
         return solve_equilibrium(self.equilibrium(x, y0), iters)
 
+    def unroll_cached(self, x: Tensor, y: Tensor, iters: int, cache: KVCache) -> Tensor:
+        """f applied exactly `iters` times to the new positions' y (B, T, D), their injection x,
+        against the cache: step k's block j attends to the keys and values cached as
+        ("stack", k, j), those of every earlier position's step-k iterate, so each new position
+        takes exactly the steps of the full forward's `iters` plain steps (up to rounding)."""
+        for k in range(iters):
+            h = y + x
+            for j, block in enumerate(self.blocks):
+                h = block(h, cache.layer(("stack", k, j)))
+            y = h - y
+        return y
+
     def regularise(self, loss: Tensor | None, f, y: Tensor) -> Tensor | None:
         """loss + jac_penalty * (Hutchinson ||J||_F^2 / dim of the map f at y, mean over the batch)
         while training with autograd on and a weight set; the loss unchanged otherwise.
@@ -250,3 +264,106 @@ class EquilibriumStack(nn.Module):
         """
         evals = self.cfg.solve.max_iter + 1 if n_evals is None else n_evals
         return evals * len(self.blocks) * block_flops(d, seq_len, causal=self.causal)
+
+
+@dataclass(frozen=True)
+class EquilibriumLMConfig(LMShape, EquilibriumConfig):
+    """What AttractorLM's and DEQLM's configs share: the LM shape and the equilibrium fields."""
+
+
+class EquilibriumLM(TiedLM):
+    """A language model decoded from the fixed point of an EquilibriumStack: AttractorLM and DEQLM.
+
+    A subclass names its parts, since the names are its checkpoints' state_dict keys and its
+    optimiser groups (backbone and attractor, or prelude and deq), exposes them as `lead` (the
+    plain blocks before the stack) and `stack`, and says what its problem is (`equilibrium`):
+    where the solve starts. The forward and the FLOPs are the same for both.
+    """
+
+    def __init__(self, cfg: EquilibriumLMConfig, lead: tuple[str, int], stack: tuple[str, int], tied: bool = True):
+        """Build the parts under their names: `lead` (name, plain blocks) and `stack` (name,
+        gated blocks of the EquilibriumStack), registered in that order after the embedding."""
+        super().__init__(cfg.vocab_size, cfg.d, tied=tied)
+        self.cfg = cfg
+        self.part_names = (lead[0], stack[0])
+        self.add_module(lead[0], nn.ModuleList(Block(cfg.d, cfg.n_head) for _ in range(lead[1])))
+        self.add_module(stack[0], EquilibriumStack(cfg.d, cfg.n_head, stack[1], cfg))
+        init_weights(self, n_residual=lead[1] + stack[1])
+
+    @property
+    def lead(self) -> nn.ModuleList:
+        """The plain blocks that turn the embedding into the injection."""
+        return getattr(self, self.part_names[0])
+
+    @property
+    def stack(self) -> EquilibriumStack:
+        """The gated, weight-tied stack solved to its fixed point."""
+        return getattr(self, self.part_names[1])
+
+    def injection(self, idx: Tensor) -> Tensor:
+        """The embedding of tokens idx (B, T) through the lead blocks: (B, T, D)."""
+        h = self.embed(idx)
+        for block in self.lead:
+            h = block(h)
+        return h
+
+    def equilibrium(self, idx: Tensor) -> Equilibrium:
+        """The problem the forward solves on tokens idx (B, T) (see the subclass)."""
+        raise NotImplementedError
+
+    def start(self, x: Tensor) -> Tensor:
+        """Where the solve starts for the injection x (B, T, D): the subclass's y0 of `equilibrium`."""
+        raise NotImplementedError
+
+    def can_cache(self, iters: int | None) -> bool:
+        """A KV cache serves a fixed depth iters=k (0 skips the solver); adaptive solves are not cached."""
+        return iters is not None
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None,
+                cache: KVCache | None = None) -> ModelOutput:
+        """Decode the fixed point (iters=None), or exactly `iters` plain steps from the start.
+
+        Args:
+            idx: (B, T) token ids; targets: (B, T) next-token ids, -100 to ignore.
+            iters: None solves to tol (adaptive); k >= 0 applies f exactly k times from the
+                start, with the configured gradient mode attached at the result (0 decodes the
+                start itself: an Attractor's proposal, a DEQ's zero state).
+        Returns:
+            ModelOutput: logits (B, T, V), loss (plus the Jacobian penalty, if configured),
+            depth, n_evals, converged, info.
+        `cache` (a fixed iters=k only, without gradients): idx continues the cache's positions;
+        the lead blocks and each of the k steps of the stack attend to their cached keys and
+        values, and only idx's positions are computed (no solver: k plain steps).
+        """
+        check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
+        check_depth(iters, type(self).__name__)
+        if cache is not None:
+            return self._cached_forward(idx, targets, iters, cache)
+        problem = self.equilibrium(idx)
+        y, report = solve_equilibrium(problem, iters)
+        logits, loss = self.decode(y, targets)
+        loss = self.stack.regularise(loss, problem.f, y)
+        return ModelOutput(logits, loss, **report._asdict())
+
+    def _cached_forward(self, idx: Tensor, targets: Tensor | None, iters: int | None, cache: KVCache) -> ModelOutput:
+        if not self.can_cache(iters):
+            raise ValueError(f"{type(self).__name__}: a KV cache serves a fixed depth iters=k, not adaptive solves")
+        if torch.is_grad_enabled() and self.training:
+            raise ValueError(f"{type(self).__name__}: the cached forward is for inference (no gradient mode is attached)")
+        cache.check(idx.shape[1], iters)
+        x = self.embed(idx)
+        for i, block in enumerate(self.lead):
+            x = block(x, cache.layer(("lead", i)))
+        y = self.stack.unroll_cached(x, self.start(x), iters, cache)
+        cache.advance(idx.shape[1])
+        logits, loss = self.decode(y, targets)
+        depth = torch.full((idx.shape[0],), iters, dtype=torch.long, device=idx.device)
+        return ModelOutput(logits, loss, depth=depth, n_evals=iters)
+
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per token: of a forward's evaluations (its ModelOutput, or a number of
+        evaluations of f), or of the worst case, max_iter + 1 evaluations (None)."""
+        c = self.cfg
+        lead = len(self.lead) * block_flops(c.d, c.seq_len) + 2 * c.d * c.vocab_size
+        n_evals = out.n_evals if isinstance(out, ModelOutput) else out
+        return lead + self.stack.flops_per_token(c.d, c.seq_len, n_evals)

@@ -33,16 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights, rms_norm
-from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth, check_width
-from attractor.schema import check_fields, require
+from attractor.kvcache import KVCache
+from attractor.models.base import LMShape, ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_depth
+from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class LoopedConfig:
-    vocab_size: int = 256  # byte-level by default
-    seq_len: int = 256  # longest sequence the model accepts
-    d: int = 128  # width
-    n_head: int = 4
+class LoopedConfig(LMShape):  # plus vocab_size, seq_len, d, n_head
     n_prelude: int = 2  # plain blocks before the loop, giving the injected input e
     n_recur: int = 2  # plain blocks in the recurrent group R, reused at every loop
     n_coda: int = 1  # plain blocks after the loop
@@ -53,9 +50,8 @@ class LoopedConfig:
     seed: int = 0  # seeds the training-depth sampler
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        check_width(self.d, self.n_head)
-        require(min(self.vocab_size, self.seq_len, self.n_recur) >= 1, "vocab_size, seq_len and n_recur must be >= 1")
+        super().__post_init__()
+        require(self.n_recur >= 1, f"n_recur={self.n_recur} must be >= 1")
         require(min(self.n_prelude, self.n_coda) >= 0,
                 f"n_prelude={self.n_prelude} and n_coda={self.n_coda} must be >= 0")
         require(1 <= self.mean_loops <= self.max_loops,
@@ -126,7 +122,8 @@ class LoopedLM(TiedLM):
                     s = s.index_copy(0, rows, self.step(s[rows], u[rows]))
         return s
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None,
+                cache: KVCache | None = None) -> ModelOutput:
         """Decode after the loop: Poisson depth per sequence (training), or a fixed depth.
 
         Args:
@@ -138,6 +135,8 @@ class LoopedLM(TiedLM):
         """
         check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
         check_depth(iters, "LoopedLM")
+        if cache is not None:
+            return self._cached_forward(idx, targets, iters, cache)
         depth = self.depths(idx.shape[0], iters)
         e = self.embed(idx)  # (B, T, D)
         for block in self.prelude:
@@ -147,6 +146,33 @@ class LoopedLM(TiedLM):
             s = block(s)
         logits, loss = self.decode(s, targets)
         return ModelOutput(logits, loss, depth=depth.to(idx.device), n_evals=int(depth.max()))
+
+    def can_cache(self, iters: int | None) -> bool:
+        """A KV cache serves a fixed depth: iters=k, or mean_loops in eval mode (one cache per loop)."""
+        return iters is not None or not self.training
+
+    def _cached_forward(self, idx: Tensor, targets: Tensor | None, iters: int | None, cache: KVCache) -> ModelOutput:
+        """The forward of idx continuing the cache's positions at a fixed depth n: the prelude, loop
+        k's block j (cached as ("recur", k, j)) and the coda attend to their cached keys and values."""
+        if not self.can_cache(iters):
+            raise ValueError("LoopedLM: a KV cache serves a fixed depth (iters=k, or eval mode), not sampled depths")
+        n = self.cfg.mean_loops if iters is None else iters
+        cache.check(idx.shape[1], n)
+        e = self.embed(idx)
+        for i, block in enumerate(self.prelude):
+            e = block(e, cache.layer(("prelude", i)))
+        u = self.inject(rms_norm(e, fused=self.fused_kernels))
+        s = torch.zeros_like(u)
+        for k in range(n):  # self.step, each block with its loop's cache
+            s = self.decay() * s + u
+            for j, block in enumerate(self.recur):
+                s = block(s, cache.layer(("recur", k, j)))
+        for i, block in enumerate(self.coda):
+            s = block(s, cache.layer(("coda", i)))
+        cache.advance(idx.shape[1])
+        logits, loss = self.decode(s, targets)
+        depth = torch.full((idx.shape[0],), n, dtype=torch.long, device=idx.device)
+        return ModelOutput(logits, loss, depth=depth, n_evals=n)
 
     def param_groups(self) -> list[ParamGroup]:
         """Embedding (AdamW, no decay); the blocks' matrices (Muon); the injection and the decay

@@ -16,9 +16,11 @@ from torch import nn
 
 from attractor import schema
 from attractor.errors import ConfigError, check_name
+from attractor.fixedpoint import Unroll
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.deq import DEQLM, DEQConfig
 from attractor.models.equilibrium import SolveConfig
+from attractor.models.local import LocalConfig, LocalEquilibrium
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.puzzle import PuzzleTransformer, PuzzleTransformerConfig
 from attractor.models.reasoner import TRM, AttractorReasoner, AttractorReasonerConfig, TRMConfig
@@ -32,14 +34,17 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     PuzzleTransformerConfig: PuzzleTransformer,
     TRMConfig: TRM,
     AttractorReasonerConfig: AttractorReasoner,
+    LocalConfig: LocalEquilibrium,
 }
 FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
                              "looped": LoopedConfig, "deq": DEQConfig,
                              "puzzle-transformer": PuzzleTransformerConfig, "trm": TRMConfig,
-                             "attractor-reasoner": AttractorReasonerConfig}  # the tag saved with a config
+                             "attractor-reasoner": AttractorReasonerConfig,
+                             "local": LocalConfig}  # the tag saved with a config
 # What each family trains on: a task's name in attractor.tasks.TASKS (models do not import tasks).
 TASK_OF: dict[str, str] = {"attractor": "text", "transformer": "text", "looped": "text", "deq": "text",
-                           "puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles"}
+                           "puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles",
+                           "local": "parity"}
 PRESETS: dict[str, Callable[[], object]] = {}
 # A preset's trainer defaults where they differ from its task's: TrainConfig field overrides.
 PRESET_TRAIN: dict[str, dict] = {}
@@ -111,52 +116,45 @@ PAPER = dict(vocab_size=32768, seq_len=2048)
 PARCAE = dict(mean_loops=8, max_loops=16, backprop_loops=4)  # SPEC 2.1: mean depth 8, backprop ~4
 
 
-@preset
-def attractor_140m():  # 7 + 1 blocks, d 1024 / 8 heads, tol 3e-4, iterations 6..64: 134M
-    return AttractorLMConfig(**PAPER, d=1024, n_head=8, n_backbone=7, n_attractor=1,
-                             solve=SolveConfig(tol=3e-4, max_iter=64, min_iter=6))
+@dataclasses.dataclass(frozen=True)
+class PaperSize:
+    """One size of SPEC 2.1's table: the Attractor and the two baselines with its blocks.
+
+    Parcae's prelude/recurrence/coda split is not in SPEC: a quarter each for prelude and coda.
+    """
+
+    d: int
+    n_head: int
+    n_backbone: int  # plain blocks proposing c; the transformer has n_backbone + n_attractor
+    n_attractor: int
+    solve: SolveConfig  # the published tol and iteration range
+    looped: tuple[int, int, int]  # n_prelude, n_recur, n_coda (as many blocks as the transformer)
 
 
-@preset
-def transformer_140m():
-    return TransformerConfig(**PAPER, d=1024, n_head=8, n_layer=8)
+PAPER_SIZES = {
+    "140m": PaperSize(1024, 8, 7, 1, SolveConfig(tol=3e-4, max_iter=64, min_iter=6), (2, 4, 2)),  # 134M
+    "370m": PaperSize(1280, 10, 15, 2, SolveConfig(tol=2e-4, max_iter=64, min_iter=8), (4, 9, 4)),
+    "770m": PaperSize(1280, 10, 35, 2, SolveConfig(tol=1.5e-4, max_iter=32, min_iter=6), (9, 19, 9)),
+}
 
 
-@preset
-def looped_140m():  # Parcae's split at this size is not in SPEC: a quarter each for prelude and coda
-    return LoopedConfig(**PAPER, d=1024, n_head=8, n_prelude=2, n_recur=4, n_coda=2, **PARCAE)
+def _register_paper(size: str, s: PaperSize) -> None:
+    """attractor-<size>, transformer-<size> and looped-<size> of one PaperSize."""
+    shape = dict(**PAPER, d=s.d, n_head=s.n_head)
+    factories = {
+        "attractor": lambda: AttractorLMConfig(**shape, n_backbone=s.n_backbone, n_attractor=s.n_attractor,
+                                               solve=s.solve),
+        "transformer": lambda: TransformerConfig(**shape, n_layer=s.n_backbone + s.n_attractor),
+        "looped": lambda: LoopedConfig(**shape, n_prelude=s.looped[0], n_recur=s.looped[1], n_coda=s.looped[2],
+                                       **PARCAE),
+    }
+    for family, factory in factories.items():
+        factory.__name__ = f"{family}_{size}"
+        preset(factory)
 
 
-@preset
-def attractor_370m():  # 15 + 2 blocks, d 1280 / 10 heads, tol 2e-4, iterations 8..64
-    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=15, n_attractor=2,
-                             solve=SolveConfig(tol=2e-4, max_iter=64, min_iter=8))
-
-
-@preset
-def transformer_370m():
-    return TransformerConfig(**PAPER, d=1280, n_head=10, n_layer=17)
-
-
-@preset
-def looped_370m():
-    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=4, n_recur=9, n_coda=4, **PARCAE)
-
-
-@preset
-def attractor_770m():  # 35 + 2 blocks, d 1280 / 10 heads, tol 1.5e-4, iterations 6..32
-    return AttractorLMConfig(**PAPER, d=1280, n_head=10, n_backbone=35, n_attractor=2,
-                             solve=SolveConfig(tol=1.5e-4, max_iter=32, min_iter=6))
-
-
-@preset
-def transformer_770m():
-    return TransformerConfig(**PAPER, d=1280, n_head=10, n_layer=37)
-
-
-@preset
-def looped_770m():
-    return LoopedConfig(**PAPER, d=1280, n_head=10, n_prelude=9, n_recur=19, n_coda=9, **PARCAE)
+for _size, _spec in PAPER_SIZES.items():
+    _register_paper(_size, _spec)
 
 
 # ---- puzzles (SPEC 2.2): Sudoku 9x9 by default (L=81, vocab 11); mazes: seq_len=n*n, vocab_size=6 ----
@@ -216,6 +214,18 @@ def trm_27m():  # 8 layers, "HRM scale" (our blocks: 25.2M); the paper reports T
 @preset
 def attractor_reasoner_27m():  # SPEC 2.2's Sudoku-Extreme / Maze-Hard model (published 27.3M)
     return AttractorReasonerConfig(**TRM_PUBLISHED, n_layer=8)
+
+
+# ---- growing tasks (issue 21): size-agnostic maps, trained short and run long ----------------
+
+@preset
+def parity_local():  # 1-D convolutional map, 32 channels, kernel 3: 9.4k parameters, any length
+    return LocalConfig()
+
+
+@preset
+def parity_looped():  # the same map unrolled a fixed n steps (backprop through all): the baseline
+    return LocalConfig(loops_per_position=1.0, solve=dataclasses.replace(LocalConfig().solve, grad=Unroll()))
 
 
 def config(name: str, **overrides):

@@ -10,22 +10,18 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from attractor.layers import Block, block_flops, init_weights
-from attractor.models.base import ModelOutput, ParamGroup, TiedLM, block_groups, check_batch, check_width
-from attractor.schema import check_fields, require
+from attractor.kvcache import KVCache
+from attractor.models.base import LMShape, ModelOutput, ParamGroup, TiedLM, block_groups, check_batch
+from attractor.schema import require
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
-    vocab_size: int = 256  # byte-level by default
-    seq_len: int = 256  # longest sequence the model accepts
-    d: int = 128  # width
-    n_head: int = 4
+class TransformerConfig(LMShape):  # plus vocab_size, seq_len, d, n_head
     n_layer: int = 5
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        check_width(self.d, self.n_head)
-        require(min(self.vocab_size, self.seq_len, self.n_layer) >= 1, "vocab_size, seq_len and n_layer must be >= 1")
+        super().__post_init__()
+        require(self.n_layer >= 1, f"n_layer={self.n_layer} must be >= 1")
 
 
 class TransformerLM(TiedLM):
@@ -37,17 +33,27 @@ class TransformerLM(TiedLM):
         self.blocks = nn.ModuleList(Block(cfg.d, cfg.n_head) for _ in range(cfg.n_layer))
         init_weights(self, n_residual=cfg.n_layer)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: None = None) -> ModelOutput:
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: None = None,
+                cache: KVCache | None = None) -> ModelOutput:
         """Logits (B, T, V) and loss of (B, T) tokens; `iters` exists for the shared contract
-        and must stay None: a plain transformer has no depth to set."""
+        and must stay None: a plain transformer has no depth to set. `cache`: idx continues the
+        cache's positions (each block attends to its cached keys and values), and is added to it."""
         check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
         if iters is not None:
             raise ValueError(f"TransformerLM has a fixed depth of {self.cfg.n_layer} blocks; got iters={iters!r}")
+        if cache is not None:
+            cache.check(idx.shape[1])
         h = self.embed(idx)  # (B, T, D)
-        for block in self.blocks:
-            h = block(h)
+        for i, block in enumerate(self.blocks):
+            h = block(h) if cache is None else block(h, cache.layer(("blocks", i)))
+        if cache is not None:
+            cache.advance(idx.shape[1])
         logits, loss = self.decode(h, targets)
         return ModelOutput(logits, loss)
+
+    def can_cache(self, iters: int | None) -> bool:
+        """A KV cache serves every forward of the transformer."""
+        return True
 
     def param_groups(self) -> list[ParamGroup]:
         """Embedding (AdamW, no decay) and the blocks' matrices (Muon)."""

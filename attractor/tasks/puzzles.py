@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from attractor.data.batches import SteppedBatches
+from attractor.data.puzzles import FORMAT as PUZZLE_FORMAT
 from attractor.data.puzzles import Split, load_puzzles
 from attractor.errors import ConfigError, check_int
 from attractor.io import CheckpointError
@@ -240,11 +241,15 @@ class PuzzleTask(Task):
             check_dataset(run, run.data.load()["meta"])
 
     def recognise(self, source: str) -> str | None:
-        """'a sudoku puzzle dataset' for a folder holding dataset.json."""
+        """'a sudoku puzzle dataset' for a folder holding dataset.json (None where its format is
+        another task's, such as a parity dataset)."""
         if not (Path(source) / "dataset.json").is_file():
             return None
         try:
-            kind = json.loads((Path(source) / "dataset.json").read_text()).get("kind", "puzzle")
+            meta = json.loads((Path(source) / "dataset.json").read_text())
+            if meta.get("format", PUZZLE_FORMAT) != PUZZLE_FORMAT:
+                return None
+            kind = meta.get("kind", "puzzle")
         except (OSError, ValueError, AttributeError):
             kind = "puzzle"
         return f"a {kind} puzzle dataset"

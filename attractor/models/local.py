@@ -1,0 +1,176 @@
+"""A size-agnostic equilibrium model: a local, weight-tied map solved to its fixed point, so that
+a longer input is answered by iterating longer.
+
+    model = LocalEquilibrium(LocalConfig())                # 9.4k parameters
+    out = model(bits)                                     # bits (B, n) int64, any n >= 1
+    out.logits                                            # (B, n, 2) float32
+    out.depth                                             # (B,) solver steps: grow with n
+
+The map is a 1-D convolution over positions with the input injected at every iteration:
+
+    f(z; x) = tanh(conv2(relu(conv1(concat[z, embed(x)]))))
+
+with symmetric kernels (size `kernel`, 3: each evaluation moves information at most one position
+per convolution, two per evaluation), zero padding at both ends (the ends are where the string
+starts and stops), no normalisation, and a 1x1 convolution (a linear layer per position) as the
+head. Nothing in it depends on the length: the same weights take 16 bits or 100,000. The state z
+is (B, n, C) so that a unit of stopping may be a position (stop="token", never prefix-stopped:
+the map sees both neighbours) or the whole string (stop="sample", the default).
+
+The solve is `solve_equilibrium` (attractor/models/equilibrium.py), with a step cap that grows
+with the length: max(solve.max_iter, ceil(max_iter_per_position * n)), since information needs
+about n/2 evaluations to cross a string of n positions. The start z0 is zero or, with
+start="random", uniform in [-1, 1] (the range of tanh): a map whose answer does not depend on
+where the solve starts is path independent (Anil et al. 2022, arXiv 2211.09961). In training
+random starts come from torch's global generator (the trainer checkpoints it); in evaluation
+from a generator seeded with `start_seed`, so an evaluation repeats.
+
+`loops_per_position` turns the same map into the fixed-depth looped baseline: exactly
+ceil(loops_per_position * n) evaluations, no solve (with grad=Unroll, backprop through all).
+
+The calibration behind the defaults is ../shared/research/calibration-depth.md (section 2):
+32 channels, kernel 3, max_iter 3n in training; docs/results-reasoning.md has the runs.
+Dimension letters: B batch, n length, C channels, V vocabulary (bits in, answers out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attractor.fixedpoint import Anderson, Phantom
+from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, check_batch, check_depth
+from attractor.models.equilibrium import Equilibrium, SolveConfig, solve_equilibrium
+from attractor.schema import check_fields, require
+
+
+def local_solve() -> SolveConfig:
+    """The local map's solve: Anderson to tol 1e-3 per string, phantom gradient of 5 steps."""
+    return SolveConfig(solver=Anderson(), grad=Phantom(k=5), tol=1e-3, max_iter=32, stop="sample")
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    vocab_size: int = 2  # input tokens, and answers (parity: bits in, parities out)
+    # A length for cost estimates only (the memory bound, FLOPs in `attractor models`): the model
+    # takes strings of any length, whatever this says.
+    seq_len: int = 16
+    d: int = 32  # channels of the state and of the convolutions
+    kernel: int = 3  # width of both convolutions, odd (symmetric around a position)
+    solve: SolveConfig = field(default_factory=local_solve)
+    # The step cap grows with the length n: max(solve.max_iter, ceil(this * n)); 0: solve.max_iter.
+    max_iter_per_position: float = 3.0
+    start: Literal["zero", "random"] = "zero"  # z0: zeros, or uniform in [-1, 1]
+    start_seed: int = 0  # the random start's generator in evaluation (training uses torch's)
+    # The looped baseline: exactly ceil(this * n) evaluations of the map instead of a solve; None: solve.
+    loops_per_position: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        require(self.vocab_size >= 2 and self.seq_len >= 1 and self.d >= 1, "need vocab_size >= 2, seq_len >= 1, d >= 1")
+        require(self.kernel >= 1 and self.kernel % 2 == 1, f"kernel={self.kernel} must be odd (symmetric)")
+        require(self.max_iter_per_position >= 0, f"max_iter_per_position={self.max_iter_per_position} must be >= 0")
+        require(self.start_seed >= 0, f"start_seed={self.start_seed} must be >= 0")
+        require(self.loops_per_position is None or self.loops_per_position > 0,
+                f"loops_per_position={self.loops_per_position} must be > 0 or None")
+
+
+class LocalEquilibrium(nn.Module):
+    """The fixed point of a local convolutional map with input injection (the module docstring).
+
+    forward(idx, targets=None, *, iters=None) -> ModelOutput, the contract of models/base.py:
+    idx (B, n) token ids of any length n >= 1; targets (B, n) ids or IGNORE_INDEX; iters=None
+    solves to tol (or runs the looped baseline's fixed depth), iters=k applies the map k times.
+    """
+
+    has_depth = True
+
+    def __init__(self, cfg: LocalConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, k = cfg.d, cfg.kernel
+        self.embed = nn.Embedding(cfg.vocab_size, c)
+        self.conv1 = nn.Conv1d(2 * c, c, k, padding=k // 2)
+        self.conv2 = nn.Conv1d(c, c, k, padding=k // 2)
+        self.head = nn.Linear(c, cfg.vocab_size)  # the 1x1 convolution
+
+    def max_iter(self, n: int) -> int:
+        """The solve's step cap at length n: max(solve.max_iter, ceil(max_iter_per_position * n))."""
+        return max(self.cfg.solve.max_iter, math.ceil(self.cfg.max_iter_per_position * n))
+
+    def loops(self, n: int) -> int | None:
+        """The looped baseline's evaluations at length n (None: the model solves)."""
+        r = self.cfg.loops_per_position
+        return None if r is None else math.ceil(r * n)
+
+    def start(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """z0 (B, n, C): zeros, or uniform in [-1, 1] (training: torch's generator; eval: start_seed's)."""
+        if self.cfg.start == "zero":
+            return torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if not self.training:
+            generator = torch.Generator().manual_seed(self.cfg.start_seed)
+            return (torch.rand(shape, generator=generator) * 2 - 1).to(like)
+        return torch.rand(shape, dtype=like.dtype, device=like.device) * 2 - 1
+
+    def map(self, idx: Tensor):
+        """f(z) = tanh(conv2(relu(conv1(concat[z, embed(x)])))) for the bits idx (B, n); z (B, n, C)."""
+        c, pad = self.cfg.d, self.cfg.kernel // 2
+        # conv1 of concat[z, e] is conv1's z half applied to z plus its e half applied to e: the
+        # injection's part (with the bias) is computed once per solve, not at every evaluation
+        e = self.embed(idx).transpose(1, 2)  # (B, C, n)
+        injected = F.conv1d(e, self.conv1.weight[:, c:], self.conv1.bias, padding=pad)  # (B, C, n)
+        w_z = self.conv1.weight[:, :c]
+
+        def f(z: Tensor) -> Tensor:
+            h = F.relu(F.conv1d(z.transpose(1, 2), w_z, padding=pad) + injected)
+            return torch.tanh(self.conv2(h)).transpose(1, 2)
+
+        return f
+
+    def equilibrium(self, idx: Tensor) -> Equilibrium:
+        """The problem the forward solves on idx (B, n): the fixed point of the map from z0, with
+        the step cap of length n. The map is local in both directions: not causal."""
+        b, n = idx.shape
+        solve = dataclasses.replace(self.cfg.solve, max_iter=self.max_iter(n))
+        return Equilibrium(self.map(idx), self.start((b, n, self.cfg.d), self.embed.weight), solve, False)
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
+        check_batch(idx, targets, self.cfg.vocab_size, idx.shape[-1] if idx.dim() else 1)  # any length
+        check_depth(iters, type(self).__name__)
+        if iters is None:
+            iters = self.loops(idx.shape[1])
+        z, report = solve_equilibrium(self.equilibrium(idx), iters)
+        logits = self.head(z).float()  # (B, n, V)
+        loss = None
+        if targets is not None:
+            total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        return ModelOutput(logits, loss, report.depth, report.n_evals, report.converged, report.info)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """{'total': all parameters, 'dense': all but the embedding lookup table}."""
+        total = sum(p.numel() for p in self.parameters())
+        return {"total": total, "dense": total - self.embed.weight.numel()}
+
+    def param_groups(self) -> list[ParamGroup]:
+        """All on AdamW: the embedding and the biases without weight decay, the kernels and the head with."""
+        weights = [self.conv1.weight, self.conv2.weight, self.head.weight]
+        biases = [self.conv1.bias, self.conv2.bias, self.head.bias]
+        return [ParamGroup("embedding", [self.embed.weight], "adamw", wd_mult=0.0),
+                ParamGroup("map", weights, "adamw"), ParamGroup("map.biases", biases, "adamw", wd_mult=0.0)]
+
+    def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
+        """Forward FLOPs per position: the head, plus each evaluation of the map (of a forward's
+        ModelOutput, a number of evaluations, or the worst case at seq_len when None)."""
+        c, k, v = self.cfg.d, self.cfg.kernel, self.cfg.vocab_size
+        n_evals = out.n_evals if isinstance(out, ModelOutput) else out
+        if n_evals is None:
+            n_evals = self.loops(self.cfg.seq_len) or self.max_iter(self.cfg.seq_len) + 1
+        per_eval = 2 * (2 * c) * c * k + 2 * c * c * k
+        return 2 * c * v + n_evals * per_eval

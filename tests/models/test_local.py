@@ -1,0 +1,133 @@
+"""The local equilibrium map (attractor/models/local.py): any length through the same weights, a
+step cap that grows with the length, path independence of a contractive map, the looped
+baseline's fixed depth, and the model contract (groups, JSON, gradients).
+
+Run: .venv/bin/python -m pytest -q tests/models/test_local.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from attractor.errors import ConfigError
+from attractor.models import ModelOutput, build, config, config_from_dict, config_to_dict
+from attractor.models.local import LocalConfig, LocalEquilibrium
+
+
+def bits(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 2, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def contractive(**overrides) -> LocalEquilibrium:
+    """A hand-set map with a small Lipschitz constant: the fixed point is unique."""
+    torch.manual_seed(0)
+    model = build("parity-local", **overrides).eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(0.2)
+        model.conv2.weight.mul_(0.2)
+    return model
+
+
+@pytest.mark.parametrize("preset", ["parity-local", "parity-looped"])
+def test_the_same_weights_take_any_length(preset):
+    torch.manual_seed(0)
+    model = build(preset).eval()
+    for n in (1, 16, 100):
+        idx = bits(3, n)
+        with torch.no_grad():
+            out = model(idx, idx)
+        assert isinstance(out, ModelOutput) and out.logits.shape == (3, n, 2) and out.logits.dtype == torch.float32
+        assert torch.isfinite(out.logits).all() and out.loss.dim() == 0
+        assert out.depth.shape == (3,) and out.depth.dtype == torch.long and out.n_evals >= 1
+    assert model.cfg.seq_len == 16  # a cost estimate only: 100 bits went through
+
+
+def test_the_step_cap_grows_with_the_length():
+    model = build("parity-local")
+    assert model.max_iter(16) == 48 and model.max_iter(100) == 300 and model.max_iter(4) == 32  # max(32, 3n)
+    assert model.equilibrium(bits(2, 100)).solve.max_iter == 300
+    assert build("parity-local", max_iter_per_position=4.0).max_iter(512) == 2048
+    assert build("parity-local", max_iter_per_position=0.0).max_iter(512) == 32
+
+
+def test_a_contractive_map_is_path_independent():
+    """Zero and random starts reach the same fixed point, and the same answers."""
+    idx = bits(4, 40)
+    outs = []
+    for start, seed in (("zero", 0), ("random", 1), ("random", 2)):
+        model = contractive(start=start, start_seed=seed, tol=1e-6, max_iter_per_position=10.0)
+        z0 = model.equilibrium(idx).y0
+        assert (z0 == 0).all() if start == "zero" else (z0.abs() > 0).float().mean() > 0.99
+        with torch.no_grad():
+            outs.append(model(idx))
+    assert all(o.converged.item() == 1.0 for o in outs)
+    for other in outs[1:]:
+        assert torch.allclose(other.logits, outs[0].logits, atol=1e-4)
+        assert torch.equal(other.logits.argmax(-1), outs[0].logits.argmax(-1))
+
+
+def test_random_starts_repeat_in_eval_and_vary_in_training():
+    model = build("parity-local", start="random", start_seed=3)
+    idx = bits(2, 8)
+    model.eval()
+    assert torch.equal(model.equilibrium(idx).y0, model.equilibrium(idx).y0)
+    model.train()
+    assert not torch.equal(model.equilibrium(idx).y0, model.equilibrium(idx).y0)
+
+
+def test_the_looped_baseline_runs_a_fixed_depth_per_position():
+    model = build("parity-looped").eval()
+    for n in (5, 16, 33):
+        out = model(bits(2, n))
+        assert out.depth.tolist() == [n, n] and out.converged is None
+    assert build("parity-local")(bits(2, 8), iters=3).depth.tolist() == [3, 3]  # the depth knob
+    half = build("parity-looped", loops_per_position=0.5)
+    assert half(bits(1, 9)).depth.tolist() == [math.ceil(4.5)]
+
+
+@pytest.mark.parametrize("grad", ["phantom", "onestep", "unroll"])
+def test_gradients_reach_every_parameter_at_two_lengths(grad):
+    torch.manual_seed(0)
+    model = build("parity-local", grad=grad).train()
+    for n in (8, 24):
+        model.zero_grad()
+        idx = bits(4, n)
+        out = model(idx, idx)
+        out.loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_per_position_stopping_works_bidirectionally():
+    model = contractive(stop="token", tol=1e-5)
+    out = model(bits(2, 12))
+    assert out.info.depth.shape == (2, 12) and out.converged.item() == 1.0
+
+
+def test_contract_groups_counts_and_configs():
+    model = build("parity-local")
+    ids = [id(p) for g in model.param_groups() for p in g.params]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()}
+    assert all(g.optimizer == "adamw" for g in model.param_groups())
+    counts = model.parameter_counts()
+    assert counts["total"] == 9410 and counts["dense"] == counts["total"] - 2 * 32  # the calibration's 9.4k
+    assert model.flops_per_token(2) > model.flops_per_token(1) > model.flops_per_token(0) > 0
+    for name in ("parity-local", "parity-looped"):
+        cfg = config(name)
+        assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+        assert config_to_dict(cfg)["family"] == "local"
+    with pytest.raises(ConfigError, match="odd"):
+        LocalConfig(kernel=4)
+    with pytest.raises(ConfigError, match="loops_per_position"):
+        LocalConfig(loops_per_position=0.0)
+
+
+def test_inputs_are_checked():
+    model = build("parity-local")
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.tensor([[0, 2, 1]]))
+    with pytest.raises(ValueError, match="iters"):
+        model(bits(1, 4), iters=-1)
