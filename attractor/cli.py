@@ -366,19 +366,28 @@ def cmd_maze(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Build a puzzle or parity dataset: offline from our generators, or the official sets from the hub."""
-    from attractor.data import puzzles
     from attractor.io import check_writable_dir
 
     if check_writable_dir(args.out, "--out").exists():  # before generating or downloading anything
         raise ConfigError(f"{args.out} already exists; delete it or choose another --out")
-    if args.action == "parity":
-        from attractor.data.parity import build_parity, parse_bits_list, read_meta
+    return DATA_BUILDERS[args.action](args)
 
-        out = build_parity(args.out, _positive(args.train_bits, "--train-bits"), parse_bits_list(args.test_bits),
-                           _positive(args.train, "--train"), _positive(args.test, "--test"), args.seed)
-        print(f"wrote {out}: " + ", ".join(f"{k} {v['examples']:,} strings of {v['bits']} bits"
-                                           for k, v in read_meta(out)["splits"].items()))
-        return 0
+
+def _data_parity(args: argparse.Namespace) -> int:
+    """`attractor data parity`: bit strings and their prefix parities (attractor/data/parity.py)."""
+    from attractor.data.parity import build_parity, parse_bits_list, read_meta
+
+    out = build_parity(args.out, _positive(args.train_bits, "--train-bits"), parse_bits_list(args.test_bits),
+                       _positive(args.train, "--train"), _positive(args.test, "--test"), args.seed)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v['examples']:,} strings of {v['bits']} bits"
+                                       for k, v in read_meta(out)["splits"].items()))
+    return 0
+
+
+def _data_puzzles(args: argparse.Namespace) -> int:
+    """`attractor data sudoku|maze|sudoku-extreme|maze-hard` (attractor/data/puzzles.py)."""
+    from attractor.data import puzzles
+
     if args.action == "sudoku":
         out = puzzles.build_sudoku(args.out, args.train, args.test, args.aug, args.rating, args.seed, _box(args.box))
     elif args.action == "maze":
@@ -400,15 +409,23 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_solve(args: argparse.Namespace) -> int:
     """Solve a Sudoku, a maze or a parity string with a checkpoint: the answer, its check, the
     iterations (exit 0 when solved, 1 when not)."""
+    return SOLVE_KINDS[args.kind](args)
+
+
+def _solve_parity(args: argparse.Namespace) -> int:
+    """`attractor solve parity BITS` (attractor/parity_solve.py)."""
+    from attractor.parity_solve import parity_command
+
+    if args.trace or args.html is not None:
+        raise ConfigError("--trace and --html show a grid: they are for sudoku and maze, not parity")
+    return parity_command(args.puzzle, args.checkpoint, settings=args.set)
+
+
+def _solve_grid(args: argparse.Namespace) -> int:
+    """`attractor solve sudoku|maze` (attractor/puzzle_solve.py)."""
     from attractor.io import check_writable_file
     from attractor.puzzle_solve import solve_command
 
-    if args.kind == "parity":
-        from attractor.parity_solve import parity_command
-
-        if args.trace or args.html is not None:
-            raise ConfigError("--trace and --html show a grid: they are for sudoku and maze, not parity")
-        return parity_command(args.puzzle, args.checkpoint, settings=args.set)
     if args.set:
         raise ConfigError("--set is for parity checkpoints (the solve of a puzzle model is its own)")
     if args.html is not None:  # before loading and solving: a page that cannot be written fails at once
@@ -416,6 +433,9 @@ def cmd_solve(args: argparse.Namespace) -> int:
     return solve_command(args.kind, args.puzzle, args.checkpoint, trace=args.trace, html=args.html)
 
 
+DATA_BUILDERS = {"sudoku": _data_puzzles, "maze": _data_puzzles, "sudoku-extreme": _data_puzzles,
+                 "maze-hard": _data_puzzles, "parity": _data_parity}
+SOLVE_KINDS = {"sudoku": _solve_grid, "maze": _solve_grid, "parity": _solve_parity}
 COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
             "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data, "solve": cmd_solve}
 
@@ -530,7 +550,7 @@ def parser() -> argparse.ArgumentParser:
     gen_m.add_argument("--seed", type=int, default=0)
 
     sv = sub.add_parser("solve", help=cmd_solve.__doc__.splitlines()[0])
-    sv.add_argument("kind", choices=["sudoku", "maze", "parity"])
+    sv.add_argument("kind", choices=list(SOLVE_KINDS))
     sv.add_argument("puzzle", metavar="PUZZLE", help="sudoku: the puzzle (digits, '.' or '0' for blanks) or a "
                     "file holding it; maze: a file of rows of '# SG' (- reads stdin); parity: bits (0 and 1, any "
                     "length) or a file holding them")

@@ -216,7 +216,7 @@ def attractor_reasoner_27m():  # SPEC 2.2's Sudoku-Extreme / Maze-Hard model (pu
     return AttractorReasonerConfig(**TRM_PUBLISHED, n_layer=8)
 
 
-# ---- growing tasks (issue 21): size-agnostic maps, trained short and run long ----------------
+# ---- growing tasks: size-agnostic maps, trained short and run long ----------------
 
 @preset
 def parity_local():  # 1-D convolutional map, 32 channels, kernel 3: 9.4k parameters, any length
