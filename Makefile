@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench clean chromium
+.PHONY: test demo demo-depth bench clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ test: $(STAMP) chromium
 # The main job on the embedded corpus: an Attractor and a Transformer, compared (about 10 minutes).
 demo: $(VENV)/.plot
 	$(BIN)/python -m attractor demo --out runs/demo
+
+# Test-time depth: the shipped parity model (trained on 16 bits) on a random 512-bit string (seconds).
+demo-depth: $(STAMP)
+	$(BIN)/python -c "import random; print(''.join(random.choice('01') for _ in range(512)))" | \
+	  $(BIN)/python -m attractor solve parity - --checkpoint examples/parity --set solver=picard
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench.solvers
