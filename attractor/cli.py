@@ -7,8 +7,9 @@ puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m
                     [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
     attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
                     (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
-    attractor generate [--checkpoint] DIR --prompt TEXT [--max-new-tokens N] [--iters K] [--no-cache]
-                    [--temperature T] [--top-k K] [--seed S]   (prints as it goes; Ctrl-C keeps it)
+    attractor generate [--checkpoint] DIR --prompt TEXT|--prompt-file FILE [--num-samples N] [--batch-size B]
+                    [--max-new-tokens N] [--iters K] [--no-cache] [--temperature T] [--top-k K] [--top-p P]
+                    [--seed S] [--json | --show-depth]   (one result prints as it goes; Ctrl-C keeps it)
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
     attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
@@ -244,10 +245,11 @@ EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles, "evalu
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Continue a prompt with a trained checkpoint, printing the text as it is made."""
+    """Continue prompts with a trained checkpoint: one prompt's text printed as it is made, or one
+    block (or JSON line) per result for several prompts or samples."""
     import math
 
-    from attractor.generate import TextPieces, stream
+    from attractor.generate import generate_batches, stream_depth
     from attractor.run import load_run
 
     args.checkpoint = _one_of(args.checkpoint, args.run, "checkpoint")
@@ -260,8 +262,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--temperature {args.temperature} must be a finite number >= 0 (0 is greedy)")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k} must be at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:  # NaN fails too
+        raise ConfigError(f"--top-p {args.top_p} must be in (0, 1] (1 keeps every token)")
     if args.iters is not None and args.iters < 0:
         raise ConfigError(f"--iters {args.iters} must be >= 0")
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples {args.num_samples} must be at least 1")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.json and args.show_depth:
+        raise ConfigError("--json already holds each token's depth; give --json or --show-depth, not both")
+    texts = _generate_prompts(args)  # [(number, text)]
     model, tokenizer, run, step = load_run(args.checkpoint)
     if not run.task.continues_text:
         raise ConfigError(f"{args.checkpoint} holds a {run.task.model_kind} ({type(model).__name__} at step {step}); "
@@ -269,27 +280,157 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:
         raise ConfigError(f"--top-k {args.top_k} is above the vocabulary of {args.checkpoint} "
                           f"({model.cfg.vocab_size} tokens)")
-    prompt = tokenizer.encode(args.prompt)
-    if not prompt:
-        raise ConfigError("--prompt must hold at least one token (give some text)")
-    tokens = stream(model, prompt, max_new_tokens=args.max_new_tokens, iters=args.iters,
-                    temperature=args.temperature, top_k=args.top_k, seed=args.seed, cache=not args.no_cache)
-    pieces, out = TextPieces(tokenizer.decode), sys.stdout
-    out.write(args.prompt)
+    prompts = []
+    for number, text in texts:
+        ids = tokenizer.encode(text)
+        if not ids:
+            where = "--prompt" if args.prompt is not None else f"line {number} of --prompt-file {args.prompt_file}"
+            raise ConfigError(f"{where} must hold at least one token (give some text)")
+        prompts.append((number, text, ids))
+    # sample j of every prompt draws with seed --seed + j: each result is `--prompt TEXT --seed S+j` alone
+    results = [(number, text, ids, j, args.seed + j) for number, text, ids in prompts for j in range(args.num_samples)]
+    options = dict(max_new_tokens=args.max_new_tokens, iters=args.iters, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, cache=not args.no_cache)
+    out = sys.stdout
+    view = DepthView(out.isatty(), type(model).__name__) if args.show_depth else None
+    if len(results) == 1 and not args.json:
+        _, text, ids, _, seed = results[0]
+        _stream_one(out, text, stream_depth(model, ids, seed=seed, **options), tokenizer.decode, view)
+        return 0
+    batches = generate_batches(model, [r[2] for r in results], seeds=[r[4] for r in results],
+                               batch_size=args.batch_size, **options)
+    for i, generated in batches:
+        number, text, ids, j, seed = results[i]
+        pieces = _token_pieces(generated.tokens, tokenizer.decode)
+        if args.json:
+            tokens = [{"id": t, "text": p, "depth": d} for t, p, d in zip(generated.tokens, pieces, generated.depths)]
+            line = {"prompt": text, "prompt_number": number, "sample": j, "seed": seed, "model": type(model).__name__,
+                    "iters": args.iters, "text": "".join(pieces), "tokens": tokens}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        else:
+            body = "".join(pieces) if view is None else view.render(pieces, generated.depths)
+            out.write(f"{'' if i == 0 else chr(10)}==> prompt {number}, sample {j + 1} of {args.num_samples}, "
+                      f"seed {seed} <==\n{text}{body}\n" + ("" if view is None else view.legend() + "\n"))
+        out.flush()
+    return 0
+
+
+def _generate_prompts(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """(number, text) of each prompt: --prompt (number 1), or each line of --prompt-file ('-':
+    stdin), numbered from 1; an empty line is refused."""
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise ConfigError("give --prompt TEXT or --prompt-file FILE (one prompt a line, - for stdin), one of them")
+    if args.prompt is not None:
+        return [(1, args.prompt)]
+    if args.prompt_file == "-":
+        content = sys.stdin.read()
+    else:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                content = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--prompt-file {args.prompt_file}: cannot read it ({err})") from err
+    lines = content.split("\n")
+    if lines and lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    if not lines:
+        raise ConfigError(f"--prompt-file {args.prompt_file} holds no prompt (one prompt a line)")
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        line = line.removesuffix("\r")
+        if not line:
+            raise ConfigError(f"line {number} of --prompt-file {args.prompt_file} is empty (one prompt a line)")
+        prompts.append((number, line))
+    return prompts
+
+
+def _token_pieces(tokens: list[int], decode) -> list[str]:
+    """Each token's piece of the text (attractor.generate.TextPieces: a token that ends in the
+    middle of a character gets '' and the one that completes it the whole character; the last
+    one also what is held back at the end). The pieces joined are decode(tokens)."""
+    from attractor.generate import TextPieces
+
+    text = TextPieces(decode)
+    pieces = [text.add(t) for t in tokens]
+    if pieces:
+        pieces[-1] += text.finish()
+    return pieces
+
+
+def _stream_one(out, prompt: str, steps, decode, view: DepthView | None) -> None:
+    """Print the prompt, then each new piece as its token comes (flushed: a terminal, a pipe or
+    a file alike), shown with its depth where `view` says so; Ctrl-C ends the line and re-raises."""
+    from attractor.generate import TextPieces
+
+    pieces = TextPieces(decode)
+    out.write(prompt)
     out.flush()
+    depths: list[int | None] = []  # of the tokens whose piece is not shown yet
     try:
-        for token in tokens:
+        for token, depth in steps:
             piece = pieces.add(token)
+            depths.append(depth)
             if piece:
-                out.write(piece)
+                out.write(piece if view is None else view.piece(piece, depths))
                 out.flush()  # each piece now, also when stdout is a pipe or a file
+                depths = []
     except KeyboardInterrupt:  # keep what was printed and end its line; main() reports the interrupt
         out.write("\n")
         out.flush()
         raise
-    out.write(pieces.finish() + "\n")
+    rest = pieces.finish()
+    out.write((rest if view is None or not rest else view.piece(rest, depths)) + "\n")
+    if view is not None:
+        out.write(view.legend() + "\n")
     out.flush()
-    return 0
+
+
+class DepthView:
+    """`generate --show-depth`: each generated piece with the depth its token took (solver
+    iterations, or loops; `attractor.generate.token_depth`). In a terminal the piece is shaded by
+    depth (ANSI 256-colour backgrounds, one shade per band of DEPTH_BANDS); elsewhere (a pipe, a
+    file) it is plain text with the depth as a superscript after the piece, e.g. 'cat³'. A piece
+    that several tokens made (a character cut in two) shows the largest of their depths; a model
+    without per-token depth (the transformer) prints plain text. `legend()` is the line that
+    explains it."""
+
+    BANDS = ((0, 1), (2, 2), (3, 3), (4, 4), (5, 6), (7, 9), (10, 15), (16, None))  # depth ranges, inclusive
+    SHADES = (21, 27, 33, 39, 220, 214, 202, 196)  # blue (few iterations) to red (many)
+    SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+    def __init__(self, colour: bool, model: str):
+        self.colour, self.model, self.seen = colour, model, False
+
+    def piece(self, text: str, depths: list[int | None]) -> str:
+        known = [d for d in depths if d is not None]
+        if not known:
+            return text
+        self.seen, depth = True, max(known)
+        if not self.colour:
+            return text + str(depth).translate(self.SUPERSCRIPT)
+        return f"\x1b[30;48;5;{self.SHADES[self._band(depth)]}m{text}\x1b[0m"
+
+    def render(self, pieces: list[str], depths: list[int | None]) -> str:
+        """A whole continuation: its tokens' pieces and depths (a '' piece's depth joins the next)."""
+        shown, pending = [], []
+        for piece, depth in zip(pieces, depths):
+            pending.append(depth)
+            if piece:
+                shown.append(self.piece(piece, pending))
+                pending = []
+        return "".join(shown)
+
+    def _band(self, depth: int) -> int:
+        return next(i for i, (lo, hi) in enumerate(self.BANDS) if hi is None or depth <= hi)
+
+    def legend(self) -> str:
+        if not self.seen:
+            return f"(depth: {self.model} reports no per-token depth)"
+        if not self.colour:
+            return "(depth: the superscript after each piece is the solver iterations its token took)"
+        keys = " ".join(f"\x1b[30;48;5;{shade}m {lo}{'' if hi == lo else '+' if hi is None else f'-{hi}'} \x1b[0m"
+                        for (lo, hi), shade in zip(self.BANDS, self.SHADES))
+        return f"depth (solver iterations per token): {keys}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -483,13 +624,24 @@ def parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help=cmd_generate.__doc__)
     gen.add_argument("run", nargs="?", metavar="RUN", help="a checkpoint or a run directory (its newest)")
     gen.add_argument("--checkpoint", help="the same, as an option")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", help="the text to continue")
+    gen.add_argument("--prompt-file", metavar="FILE", help="one prompt a line (- reads stdin), instead of --prompt; "
+                     "the prompts are generated together in batches, one block (or JSON line) per result")
+    gen.add_argument("--num-samples", type=int, default=1, metavar="N", help="N samples per prompt; sample j "
+                     "(from 0) of every prompt draws with seed --seed + j, as `--seed S+j` alone would")
+    gen.add_argument("--batch-size", type=int, default=8, help="results generated together, at most (default 8)")
     gen.add_argument("--max-new-tokens", type=int, default=200, help="at most this many tokens (Ctrl-C stops "
                      "early and keeps what was printed)")
     gen.add_argument("--iters", type=int, help="recurrent depth (default: adaptive)")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; finite, >= 0")
     gen.add_argument("--top-k", type=int, help="sample among the K most likely tokens (1 to the vocabulary size)")
+    gen.add_argument("--top-p", type=float, metavar="P", help="then sample among the most likely tokens whose "
+                     "probability reaches P (nucleus sampling), 0 < P <= 1; 1 keeps every token")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--json", action="store_true", help="one JSON line per result: the prompt, the text, and its "
+                     "tokens, each with its text piece and the solver iterations it took (depth)")
+    gen.add_argument("--show-depth", action="store_true", help="show each token's solver iterations: colour "
+                     "shading in a terminal, a superscript after each piece elsewhere; a legend line follows")
     gen.add_argument("--no-cache", action="store_true", help="re-run the model on the whole context for every "
                      "token (default: a KV cache, for the transformer and any model at a fixed --iters)")
     dm = sub.add_parser("demo", help=cmd_demo.__doc__)
