@@ -354,6 +354,12 @@ def bench_gradients(sizes: Sizes) -> None:
 # (d) memory of one backward against max_iter
 
 
+def _child_spec(spec: str) -> tuple[str, int]:
+    """'mode:max_iter' -> (mode, max_iter), as bench_memory passes them."""
+    mode, max_iter = spec.split(":")
+    return mode, int(max_iter)
+
+
 def memory_child(mode: str, max_iter: int) -> None:
     """Runs in a fresh interpreter; prints one JSON line for `bench_memory`."""
     block, x, f = solver_block(torch.float32)
@@ -409,10 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # "mode:max_iter", internal
     args = parser.parse_args(argv)
     setup(args)
-    if args.memory_child:
-        mode, max_iter = args.memory_child.split(":")
-        memory_child(mode, int(max_iter))
-        return
+    if args.memory_child:  # one probe in this fresh interpreter (bench_memory starts it)
+        return memory_child(*_child_spec(args.memory_child))
     sizes = QUICK if args.quick else FULL
     start = time.perf_counter()
     command = "python -m bench.solvers" + (" --quick" if args.quick else "")

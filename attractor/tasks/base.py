@@ -15,6 +15,8 @@ run.py looks up, and it receives the run's configs as plain objects.
 
 from __future__ import annotations
 
+import json
+
 from attractor.errors import check_name
 
 
@@ -97,6 +99,43 @@ class Task:
     def eval_metrics(self, record: dict) -> str:
         """The task's metrics in an eval line after the loss (', ppl 3.21'); '' for none."""
         return ""
+
+
+class DescribedDataTask(Task):
+    """A task whose dataset folder describes itself (its dataset.json): that description is what a
+    checkpoint keeps in tokenizer.json, under `vocab_key`, so the checkpoint loads without its data."""
+
+    vocab_key: str  # the key in tokenizer.json ("puzzles", "parity")
+    dataset_kind: str  # how messages name its datasets ("puzzle", "parity")
+
+    def check_meta(self, run, meta: dict) -> None:
+        """ConfigError unless the run's model fits the dataset its dataset.json describes."""
+        raise NotImplementedError
+
+    def check_fit(self, run) -> None:
+        if run.data.source is not None:
+            self.check_meta(run, run.data.load()["meta"])
+
+    def load(self, run, rank: int = 0, world: int = 1) -> dict:
+        """The loaded dataset ({"meta", "train", "test"}), checked against the model."""
+        data = run.data.load()
+        self.check_meta(run, data["meta"])
+        return data
+
+    def vocab(self, data) -> dict:
+        """The dataset's description (its dataset.json as a dict)."""
+        return data["meta"]
+
+    def vocab_json(self, vocab: dict) -> str:
+        return json.dumps({self.vocab_key: vocab})
+
+    def vocab_from_json(self, text: str, where: str) -> dict:
+        from attractor.io import CheckpointError
+
+        try:
+            return json.loads(text)[self.vocab_key]
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointError(f"{where}: tokenizer.json does not describe a {self.dataset_kind} dataset") from None
 
 
 TASKS: dict[str, Task] = {}

@@ -28,9 +28,8 @@ from torch import Tensor
 from attractor.data.batches import SteppedBatches
 from attractor.data.parity import FORMAT, Strings, load_parity
 from attractor.errors import ConfigError, check_int
-from attractor.io import CheckpointError
 from attractor.schema import check_fields, require
-from attractor.tasks.base import Task, register
+from attractor.tasks.base import DescribedDataTask, register
 
 IGNORE_INDEX = -100  # PyTorch's ignore value, the models' (attractor/models/base.py)
 
@@ -129,12 +128,13 @@ def parity_metrics(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return right.sum(-1) == count, torch.where(count > 0, right.sum(-1).float() / count.clamp(min=1), torch.ones(()))
 
 
-class ParityTask(Task):
+class ParityTask(DescribedDataTask):
     """Prefix-sum parity (attractor/data/parity.py): bits in, running parities out, exact
     accuracy per length. The data fixes the vocabulary (2) and, for cost estimates only, the
     model's seq_len (the training length); the model takes any length."""
 
     name = "parity"
+    vocab_key, dataset_kind = "parity", "parity"  # its vocab: dataset.json (vocab_size, train_bits, test_bits, ...)
     data_config = ParityDataConfig
     # The calibration's recipe (../shared/research/calibration-depth.md, section 2): batch 64,
     # AdamW lr 2e-3, a constant rate after a short warmup; the map is tiny, so the eager ops.
@@ -151,9 +151,8 @@ class ParityTask(Task):
         meta = data.load()["meta"]
         return [f"model.vocab_size={meta['vocab_size']}", f"model.seq_len={meta['train_bits']}"]
 
-    def check_fit(self, run) -> None:
-        if run.data.source is not None:
-            check_vocab(run, run.data.load()["meta"])
+    def check_meta(self, run, meta: dict) -> None:
+        check_vocab(run, meta)
 
     def recognise(self, source: str) -> str | None:
         """'a parity dataset' for a folder whose dataset.json says so."""
@@ -163,11 +162,6 @@ class ParityTask(Task):
             return None
         return "a parity dataset" if isinstance(meta, dict) and meta.get("format") == FORMAT else None
 
-    def load(self, run, rank: int = 0, world: int = 1) -> dict:
-        data = run.data.load()
-        check_vocab(run, data["meta"])
-        return data
-
     def batches(self, run, data, rank: int = 0, world: int = 1) -> ParityBatches:
         return ParityBatches(data["train"], run.train.micro_batch, seed=run.train.seed, rank=rank, world_size=world)
 
@@ -176,19 +170,6 @@ class ParityTask(Task):
         (the shortest test length at least)."""
         lengths = [n for n in data["test"] if n <= run.data.val_max_bits] or [min(data["test"])]
         return LengthBatches({n: data["test"][n] for n in lengths}, run.train.micro_batch, run.train.eval_batches)
-
-    def vocab(self, data) -> dict:
-        """The dataset's description (dataset.json: vocab_size, train_bits, test_bits, recipe)."""
-        return data["meta"]
-
-    def vocab_json(self, vocab: dict) -> str:
-        return json.dumps({"parity": vocab})
-
-    def vocab_from_json(self, text: str, where: str) -> dict:
-        try:
-            return json.loads(text)["parity"]
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{where}: tokenizer.json does not describe a parity dataset") from None
 
     def eval_metrics(self, record: dict) -> str:
         lengths = sorted(int(k.rsplit("_", 1)[1]) for k in record if k.startswith("val_exact_"))

@@ -33,9 +33,8 @@ from attractor.data.batches import SteppedBatches
 from attractor.data.puzzles import FORMAT as PUZZLE_FORMAT
 from attractor.data.puzzles import Split, load_puzzles
 from attractor.errors import ConfigError, check_int
-from attractor.io import CheckpointError
 from attractor.schema import check_fields, require
-from attractor.tasks.base import Task, register
+from attractor.tasks.base import DescribedDataTask, register
 
 IGNORE_INDEX = -100  # PyTorch's ignore value, the models' (attractor/models/base.py)
 PAD = 0  # the datasets' pad token id (docs/data.md, "Puzzles")
@@ -212,12 +211,13 @@ def changed_metrics(logits: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
 # ---- the task
 
 
-class PuzzleTask(Task):
+class PuzzleTask(DescribedDataTask):
     """Puzzles of a dataset folder (Sudoku, mazes): TRM's batches and recipe, exact and cell
     accuracy. The dataset fixes the model's seq_len and vocab_size, and a checkpoint keeps the
     dataset's description (dataset.json: kind, token ids, box or size) instead of a tokenizer."""
 
     name = "puzzles"
+    vocab_key, dataset_kind = "puzzles", "puzzle"  # its vocab: dataset.json ("kind" 'sudoku' or 'maze', "seq_len", ...)
     data_config = PuzzleDataConfig
     # TRM's recipe (SPEC 2.2; reference-impl.md 4.5): AdamW for every parameter (no Muon), lr
     # 1e-4, betas (0.9, 0.95), weight decay 1.0, EMA 0.999, a linear warmup and then a constant
@@ -236,9 +236,8 @@ class PuzzleTask(Task):
         meta = data.load()["meta"]
         return [f"model.{key}={meta[key]}" for key in ("seq_len", "vocab_size")]
 
-    def check_fit(self, run) -> None:
-        if run.data.source is not None:
-            check_dataset(run, run.data.load()["meta"])
+    def check_meta(self, run, meta: dict) -> None:
+        check_dataset(run, meta)
 
     def recognise(self, source: str) -> str | None:
         """'a sudoku puzzle dataset' for a folder holding dataset.json (None where its format is
@@ -254,12 +253,6 @@ class PuzzleTask(Task):
             kind = "puzzle"
         return f"a {kind} puzzle dataset"
 
-    def load(self, run, rank: int = 0, world: int = 1) -> dict:
-        """The loaded dataset ({"meta", "train", "test"}, memory-mapped), checked against the model."""
-        data = run.data.load()
-        check_dataset(run, data["meta"])
-        return data
-
     def batches(self, run, data, rank: int = 0, world: int = 1) -> PuzzleBatches:
         return PuzzleBatches(data["train"], run.train.micro_batch, seed=run.train.seed, rank=rank, world_size=world)
 
@@ -267,20 +260,6 @@ class PuzzleTask(Task):
         """The first puzzles of the test split, in order."""
         micro_batch = run.train.micro_batch
         return test_batches(data["test"], micro_batch, max_puzzles=run.train.eval_batches * micro_batch)
-
-    def vocab(self, data) -> dict:
-        """The dataset's description (its dataset.json: "kind" 'sudoku' or 'maze', "seq_len",
-        "vocab_size", "tokens", "box" or "size", "recipe", "splits")."""
-        return data["meta"]
-
-    def vocab_json(self, vocab: dict) -> str:
-        return json.dumps({"puzzles": vocab})
-
-    def vocab_from_json(self, text: str, where: str) -> dict:
-        try:
-            return json.loads(text)["puzzles"]
-        except (ValueError, KeyError, TypeError):
-            raise CheckpointError(f"{where}: tokenizer.json does not describe a puzzle dataset") from None
 
     def eval_metrics(self, record: dict) -> str:
         return f", exact {record['val_exact']:.3f}, cell {record['val_cell']:.3f}"
