@@ -16,6 +16,7 @@ puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m
     attractor data sudoku|maze --out DIR [--train N] [--test N] ...   (offline, from our generators)
     attractor data sudoku-extreme|maze-hard --out DIR [--csv-dir DIR]  (the official sets, from the hub)
     attractor data parity --out DIR [--train-bits 16] [--test-bits 16,32,...,512]  (offline)
+    attractor data maze-sizes --out DIR [--train-size 9] [--test-sizes 9,13,17,25,33]  (offline)
     attractor solve sudoku PUZZLE|maze FILE --checkpoint DIR [--trace] [--html FILE]
     attractor solve parity BITS --checkpoint DIR [--set solver=picard]
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 
@@ -203,16 +205,20 @@ def _eval_puzzles(args: argparse.Namespace, model, run, step: int, depths: list[
     return 0
 
 
-def _eval_parity(args: argparse.Namespace, model, run, step: int, depths: list[int | None], meta: dict) -> int:
+def _eval_parity(args: argparse.Namespace, model, run, step: int, depths: list[int | None], meta: dict,
+                 unit: str = "bits") -> int:
     """`attractor eval` of a parity checkpoint: exact and bit accuracy and iterations at every
-    test length of its dataset (or of another parity dataset, `--data`), at each depth."""
-    from attractor.evaluate import evaluate_parity
+    test length of its dataset (or of another parity dataset, `--data`), at each depth; with
+    unit="side", of a maze-sizes checkpoint at every test side (accuracy of cells)."""
+    from attractor import evaluate
     from attractor.run import load_data
     from attractor.tasks.parity import LengthBatches
 
+    evaluate_sizes = getattr(evaluate, run.task.evaluator)
+    what = "strings per length" if unit == "bits" else "mazes per side"
     if args.batches is not None or args.plot:
-        raise ConfigError("--batches and --plot are for language models; a parity checkpoint takes --puzzles N "
-                          "(strings per length)")
+        raise ConfigError(f"--batches and --plot are for language models; a {run.task.model_kind} takes --puzzles N "
+                          f"({what})")
     if args.data is not None:
         run = dataclasses.replace(run, data=dataclasses.replace(run.data, source=args.data))
     test = load_data(run)["test"]
@@ -223,25 +229,27 @@ def _eval_parity(args: argparse.Namespace, model, run, step: int, depths: list[i
     batches = LengthBatches(test, run.train.micro_batch, per_length)
     rows = []
     for iters in depths if model.has_depth else [None]:
-        result = evaluate_parity(model, batches, iters=iters)
+        result = evaluate_sizes(model, batches, iters=iters)
         for n in batches.lengths:
-            rows.append({"iters": "adaptive" if iters is None else iters, "bits": n, "strings": len(test[n]),
+            rows.append({"iters": "adaptive" if iters is None else iters, unit: n, "strings": len(test[n]),
                          "exact": result[f"val_exact_{n}"], "bit_accuracy": result[f"val_bits_{n}"],
                          "depth": result.get(f"val_depth_{n}"), "converged": result.get(f"val_converged_{n}")})
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
                           "task": run.task.name, "sweep": rows}))
         return 0
-    print(f"{type(model).__name__} at step {step}, test strings of {run.data.source}")
-    print(f"{'iters':>9} {'bits':>6} {'strings':>7} {'exact':>7} {'bit acc':>7} {'depth':>8} {'converged':>9}")
+    items, accuracy = ("strings", "bit acc") if unit == "bits" else ("mazes", "cell acc")
+    print(f"{type(model).__name__} at step {step}, test {items} of {run.data.source}")
+    print(f"{'iters':>9} {unit:>6} {items:>7} {'exact':>7} {accuracy:>8} {'depth':>8} {'converged':>9}")
     for r in rows:
-        print(f"{r['iters']!s:>9} {r['bits']:6d} {r['strings']:7d} {r['exact']:7.3f} {r['bit_accuracy']:7.4f} "
+        print(f"{r['iters']!s:>9} {r[unit]:6d} {r['strings']:7d} {r['exact']:7.3f} {r['bit_accuracy']:8.4f} "
               f"{_cell(r, 'depth', '8.1f')} {_cell(r, 'converged', '9.3f')}")
     return 0
 
 
 # The `attractor eval` of each evaluator a task names (Task.evaluator): the table prints what it measures.
-EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles, "evaluate_parity": _eval_parity}
+EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles, "evaluate_parity": _eval_parity,
+               "evaluate_grids": functools.partial(_eval_parity, unit="side")}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -525,6 +533,19 @@ def _data_parity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_maze_sizes(args: argparse.Namespace) -> int:
+    """`attractor data maze-sizes`: mazes of one training side and several test sides (attractor/data/maze_sizes.py)."""
+    from attractor.data.maze_sizes import build_maze_sizes, parse_sizes, read_meta
+
+    if args.train_size < 3:
+        raise ConfigError(f"--train-size={args.train_size} must be at least 3")
+    out = build_maze_sizes(args.out, args.train_size, parse_sizes(args.test_sizes), _positive(args.train, "--train"),
+                           _positive(args.test, "--test"), args.seed, args.min_path, args.loops)
+    print(f"wrote {out}: " + ", ".join(f"{k} {v['examples']:,} mazes of side {v['side']}"
+                                       for k, v in read_meta(out)["splits"].items()))
+    return 0
+
+
 def _data_puzzles(args: argparse.Namespace) -> int:
     """`attractor data sudoku|maze|sudoku-extreme|maze-hard` (attractor/data/puzzles.py)."""
     from attractor.data import puzzles
@@ -575,7 +596,7 @@ def _solve_grid(args: argparse.Namespace) -> int:
 
 
 DATA_BUILDERS = {"sudoku": _data_puzzles, "maze": _data_puzzles, "sudoku-extreme": _data_puzzles,
-                 "maze-hard": _data_puzzles, "parity": _data_parity}
+                 "maze-hard": _data_puzzles, "parity": _data_parity, "maze-sizes": _data_maze_sizes}
 SOLVE_KINDS = {"sudoku": _solve_grid, "maze": _solve_grid, "parity": _solve_parity}
 COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
             "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data, "solve": cmd_solve}
@@ -681,7 +702,14 @@ def parser() -> argparse.ArgumentParser:
     d_parity.add_argument("--test-bits", default="16,32,64,128,256,512", help="test lengths, comma-separated")
     d_parity.add_argument("--train", type=int, default=10000, help="training strings")
     d_parity.add_argument("--test", type=int, default=1000, help="test strings of each length")
-    for sp in (d_sudoku, d_maze, d_extreme, d_hard, d_parity):
+    d_sizes = data.add_parser("maze-sizes", help="generate mazes offline for maze-local: one training side, "
+                              "test sides far beyond it")
+    d_sizes.add_argument("--train-size", type=int, default=9, help="side of the training mazes")
+    d_sizes.add_argument("--test-sizes", default="9,13,17,25,33", help="test sides, comma-separated")
+    d_sizes.add_argument("--train", type=int, default=10000, help="training mazes")
+    d_sizes.add_argument("--test", type=int, default=200, help="test mazes of each side")
+    d_sizes.add_argument("--min-path", type=int, help="least moves from S to G (default 111 at 30x30, scaled by area)")
+    for sp in (d_sudoku, d_maze, d_extreme, d_hard, d_parity, d_sizes):
         sp.add_argument("--out", required=True, help="dataset folder to create (must not exist)")
         sp.add_argument("--seed", type=int, default=0)
     for sp in (d_sudoku, d_maze):
@@ -695,6 +723,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-aug", action="store_true", help="no dihedral augmentation of the training mazes")
     for sp in (rate, gen_s, d_sudoku):
         sp.add_argument("--box", default="3x3", help="box shape ROWSxCOLS: 3x3 is the 9x9 Sudoku, 2x3 the 6x6")
+    d_sizes.add_argument("--loops", type=float, default=0.0, help="share of inner walls removed (cycles)")
     for sp in (gen_m, d_maze):
         sp.add_argument("--size", type=int, default=30, help="side of the grid (Maze-Hard: 30)")
         sp.add_argument("--min-path", type=int, help="least moves from S to G (default 111 at 30x30, scaled by area)")

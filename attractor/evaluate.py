@@ -199,7 +199,7 @@ def by_rating(ratings: np.ndarray, exact: np.ndarray, cell: np.ndarray, depth: n
 
 
 def evaluate_parity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, iters: int | None = None,
-                    device: torch.device | None = None, autocast=contextlib.nullcontext) -> dict:
+                    device: torch.device | None = None, autocast=contextlib.nullcontext, size=None) -> dict:
     """Exact and bit accuracy of a parity model (attractor.tasks.parity) over batches of several
     lengths, each batch of one length, in eval mode.
 
@@ -207,7 +207,8 @@ def evaluate_parity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
         val_loss (bit-weighted, all lengths), val_exact (share of strings with every bit right,
         all lengths), val_strings; per length n: val_exact_n, val_bits_n (share of bits right)
         and, for models with depth, val_depth_n (mean solver steps) and val_converged_n; and
-        the solve statistics over all batches (as `evaluate`).
+        the solve statistics over all batches (as `evaluate`). `size` maps a batch's length to
+        the n of its keys (the length itself when None).
     """
     total, count, outs, by_length = 0.0, 0, [], {}
     for idx, targets, out in forwards(model, batches, iters=iters, device=device, autocast=autocast):
@@ -215,7 +216,8 @@ def evaluate_parity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
         total += out.loss.float().item() * n
         count += n
         exact, bits = parity_metrics(out.logits, targets)
-        rows = by_length.setdefault(idx.shape[1], {"exact": [], "bits": [], "outs": []})
+        key = idx.shape[1] if size is None else size(idx.shape[1])
+        rows = by_length.setdefault(key, {"exact": [], "bits": [], "outs": []})
         rows["exact"].append(exact.cpu())
         rows["bits"].append(bits.cpu())
         rows["outs"].append(_stats_only(out))
@@ -228,6 +230,14 @@ def evaluate_parity(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], 
         result.update({f"val_{k}_{length}": v for k, v in depth_stats(rows["outs"]).items() if k != "n_evals"})
     result.update({f"val_{k}": v for k, v in depth_stats(outs).items()})
     return result
+
+
+def evaluate_grids(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, iters: int | None = None,
+                   device: torch.device | None = None, autocast=contextlib.nullcontext) -> dict:
+    """evaluate_parity on square grids of several sides (attractor.tasks.maze_sizes), keyed by
+    the side s of s*s cells: val_exact_s (every cell right), val_bits_s (share of cells right),
+    val_depth_s, val_converged_s."""
+    return evaluate_parity(model, batches, iters=iters, device=device, autocast=autocast, size=math.isqrt)
 
 
 def takes_steps(model: nn.Module) -> bool:

@@ -27,10 +27,9 @@ def count_blocks(model_config) -> int:
     """Transformer blocks (attractor.layers.Block) in the model a config describes, each counted
     once however often it runs; built on the meta device, so no memory is used."""
     from attractor.layers import Block
-    from attractor.models import from_config
+    from attractor.models import meta_model
 
-    with torch.device("meta"):
-        model = from_config(model_config)
+    model = meta_model(model_config)
     return sum(isinstance(module, Block) for module in model.modules())
 
 

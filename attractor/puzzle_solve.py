@@ -386,7 +386,7 @@ def solve_command(kind: str, source: str, checkpoint: str | Path, *, trace: bool
         text = read_text(source) if source == "-" or _is_file(source) else source
         puzzle = read_sudoku(text, tuple(meta["box"]))
     else:
-        puzzle = read_maze(read_text(source), meta["size"])
+        puzzle = read_maze(read_text(source), meta.get("size"))  # no size: a model of any side (maze-local)
     solution = solve(model, puzzle, trace=trace or html is not None)
     if trace:
         out.write(trace_text(solution) + "\n")

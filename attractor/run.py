@@ -36,7 +36,7 @@ from attractor import io
 from attractor.config import RunConfig, apply_settings
 from attractor.data import Tokenizer
 from attractor.errors import ConfigError, Interrupted
-from attractor.models import from_config
+from attractor.models import from_config, meta_model
 from attractor.train import Callbacks, Trainer, check_device, distributed, pick_device, write_jsonl
 
 
@@ -58,8 +58,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: 
     ckpt = io.load_checkpoint(path, with_state=False)
     saved = RunConfig.from_dict(ckpt.config)
     run = apply_settings(saved, list(settings))
-    with torch.device("meta"):
-        model = from_config(run.model)
+    model = meta_model(run.model)
     try:
         model.load_state_dict(ckpt.model_state, assign=True)
     except RuntimeError as err:
@@ -74,8 +73,7 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: 
 def _shapes(model_config) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor in the state_dict of the model a config describes (built on the
     meta device: no memory)."""
-    with torch.device("meta"):
-        state = from_config(model_config).state_dict()
+    state = meta_model(model_config).state_dict()
     return {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

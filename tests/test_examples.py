@@ -30,3 +30,16 @@ def test_the_parity_example_is_small_and_says_how_it_was_made():
     files = [p for p in (EXAMPLES / "parity").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 2 * 1024 * 1024
     assert "attractor train parity-local" in (EXAMPLES / "parity" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("side", [17, 33])
+def test_the_maze_example_solves_mazes_larger_than_it_trained_on(capsys, tmp_path, side):
+    from attractor.data import maze
+
+    (m,) = maze.generate(1, side, None, rng=1)  # trained on 9x9
+    path = tmp_path / "maze.txt"
+    path.write_text(maze.show(m.question, side) + "\n")
+    code = main(["solve", "maze", str(path), "--checkpoint", str(EXAMPLES / "maze")])
+    out = capsys.readouterr().out
+    assert code == 0 and "a shortest path" in out, out
+    assert sum(p.stat().st_size for p in (EXAMPLES / "maze").rglob("*") if p.is_file()) < 2 * 1024 * 1024

@@ -27,5 +27,6 @@ from attractor.models.registry import (
     config_to_dict,
     describe,
     from_config,
+    meta_model,
     override,
 )

@@ -28,6 +28,15 @@ from a generator seeded with `start_seed`, so an evaluation repeats.
 `loops_per_position` turns the same map into the fixed-depth looped baseline: exactly
 ceil(loops_per_position * n) evaluations, no solve (with grad=Unroll, backprop through all).
 
+The 2-D map (LocalGridConfig, the "local-grid" family: mazes of any side) is the same map with
+2-D convolutions (kernel x kernel, zero padding at the grid's border): a grid of side s arrives
+as s*s tokens row by row, and the map reshapes the state to (B, C, s, s) at every evaluation, s
+taken from the input (n must be a square). A "position" is then a cell: the step cap is
+max(solve.max_iter, ceil(max_iter_per_position * s*s)), since a maze's shortest path (and a
+dead end that must be ruled out) can be as long as a fixed share of its cells. `model.trace(idx)`
+gives the Picard iterates of the map as TraceSteps (attractor/models/puzzle.py), for `attractor
+solve maze --trace/--html`.
+
 The calibration behind the defaults is ../shared/research/calibration-depth.md (section 2):
 32 channels, kernel 3, max_iter 3n in training; docs/results-reasoning.md has the runs.
 Dimension letters: B batch, n length, C channels, V vocabulary (bits in, answers out).
@@ -38,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +56,7 @@ from torch import Tensor, nn
 from attractor.fixedpoint import Anderson, Phantom
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, check_batch, check_depth
 from attractor.models.equilibrium import Equilibrium, SolveConfig, solve_equilibrium
+from attractor.models.puzzle import TraceStep
 from attractor.schema import check_fields, require
 
 
@@ -57,6 +67,7 @@ def local_solve() -> SolveConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
+    dims: ClassVar[int] = 1  # a string (1) or a square grid (2, LocalGridConfig); fixed by the config's type
     vocab_size: int = 2  # input tokens, and answers (parity: bits in, parities out)
     # A length for cost estimates only (the memory bound, FLOPs in `attractor models`): the model
     # takes strings of any length, whatever this says.
@@ -81,12 +92,32 @@ class LocalConfig:
                 f"loops_per_position={self.loops_per_position} must be > 0 or None")
 
 
+@dataclass(frozen=True)
+class LocalGridConfig(LocalConfig):
+    """The 2-D map: mazes of any side as s*s tokens (attractor/data/maze.py's ids, 0 pad and
+    `# SGo` as 1..5), the answer's tokens out; a position is a cell."""
+
+    dims: ClassVar[int] = 2
+    vocab_size: int = 6  # maze tokens in and out (the answer draws the path as 'o')
+    seq_len: int = 81  # cells of a 9x9 maze, for cost estimates only: any side is taken
+    max_iter_per_position: float = 1.0  # the step cap per cell: max(solve.max_iter, ceil(this * s*s))
+
+
+def grid_side(n: int) -> int:
+    """The side s of a square grid of n = s*s cells; ValueError otherwise."""
+    s = math.isqrt(n)
+    if s * s != n:
+        raise ValueError(f"a 2-D local map takes square grids as s*s tokens, got {n} tokens")
+    return s
+
+
 class LocalEquilibrium(nn.Module):
     """The fixed point of a local convolutional map with input injection (the module docstring).
 
     forward(idx, targets=None, *, iters=None) -> ModelOutput, the contract of models/base.py:
     idx (B, n) token ids of any length n >= 1; targets (B, n) ids or IGNORE_INDEX; iters=None
     solves to tol (or runs the looped baseline's fixed depth), iters=k applies the map k times.
+    With a LocalGridConfig, n = s*s cells of a grid of any side s, row by row.
     """
 
     has_depth = True
@@ -95,9 +126,10 @@ class LocalEquilibrium(nn.Module):
         super().__init__()
         self.cfg = cfg
         c, k = cfg.d, cfg.kernel
+        conv = nn.Conv1d if cfg.dims == 1 else nn.Conv2d
         self.embed = nn.Embedding(cfg.vocab_size, c)
-        self.conv1 = nn.Conv1d(2 * c, c, k, padding=k // 2)
-        self.conv2 = nn.Conv1d(c, c, k, padding=k // 2)
+        self.conv1 = conv(2 * c, c, k, padding=k // 2)
+        self.conv2 = conv(c, c, k, padding=k // 2)
         self.head = nn.Linear(c, cfg.vocab_size)  # the 1x1 convolution
 
     def max_iter(self, n: int) -> int:
@@ -119,17 +151,24 @@ class LocalEquilibrium(nn.Module):
         return torch.rand(shape, dtype=like.dtype, device=like.device) * 2 - 1
 
     def map(self, idx: Tensor):
-        """f(z) = tanh(conv2(relu(conv1(concat[z, embed(x)])))) for the bits idx (B, n); z (B, n, C)."""
+        """f(z) = tanh(conv2(relu(conv1(concat[z, embed(x)])))) for the tokens idx (B, n); z (B, n, C).
+        In 2-D the convolutions see z as (B, C, s, s), s*s = n."""
         c, pad = self.cfg.d, self.cfg.kernel // 2
+        b, n = idx.shape
+        if self.cfg.dims == 1:
+            conv, grid = F.conv1d, (n,)
+        else:
+            s = grid_side(n)
+            conv, grid = F.conv2d, (s, s)
         # conv1 of concat[z, e] is conv1's z half applied to z plus its e half applied to e: the
         # injection's part (with the bias) is computed once per solve, not at every evaluation
-        e = self.embed(idx).transpose(1, 2)  # (B, C, n)
-        injected = F.conv1d(e, self.conv1.weight[:, c:], self.conv1.bias, padding=pad)  # (B, C, n)
+        e = self.embed(idx).transpose(1, 2).reshape(b, c, *grid)  # (B, C, n) or (B, C, s, s)
+        injected = conv(e, self.conv1.weight[:, c:], self.conv1.bias, padding=pad)
         w_z = self.conv1.weight[:, :c]
 
         def f(z: Tensor) -> Tensor:
-            h = F.relu(F.conv1d(z.transpose(1, 2), w_z, padding=pad) + injected)
-            return torch.tanh(self.conv2(h)).transpose(1, 2)
+            h = F.relu(conv(z.transpose(1, 2).reshape(b, c, *grid), w_z, padding=pad) + injected)
+            return torch.tanh(self.conv2(h)).flatten(2).transpose(1, 2)
 
         return f
 
@@ -142,6 +181,8 @@ class LocalEquilibrium(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None) -> ModelOutput:
         check_batch(idx, targets, self.cfg.vocab_size, idx.shape[-1] if idx.dim() else 1)  # any length
+        if self.cfg.dims == 2:
+            grid_side(idx.shape[1])
         check_depth(iters, type(self).__name__)
         if iters is None:
             iters = self.loops(idx.shape[1])
@@ -152,6 +193,29 @@ class LocalEquilibrium(nn.Module):
             total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return ModelOutput(logits, loss, report.depth, report.n_evals, report.converged, report.info)
+
+    @torch.no_grad()
+    def trace(self, idx: Tensor, frames: int = 60) -> list[TraceStep]:
+        """The answer along the map's Picard iterates from z0 on one input idx (1, n), up to
+        the relative residual's tol or the step cap (the looped baseline: its fixed depth):
+        at most `frames` TraceSteps, evenly spaced, the last iterate always among them."""
+        check_batch(idx, None, self.cfg.vocab_size, idx.shape[-1] if idx.dim() else 1)
+        if idx.shape[0] != 1:
+            raise ValueError(f"trace takes one input (1, n), got {tuple(idx.shape)}")
+        n = idx.shape[1]
+        problem = self.equilibrium(idx)
+        steps = self.loops(n) or problem.solve.max_iter
+        z, logits, residuals = problem.y0, [], []
+        for _ in range(steps):
+            z_next = problem.f(z)
+            residuals.append(float((z_next - z).norm() / z_next.norm().clamp(min=1e-12)))
+            z = z_next
+            logits.append(self.head(z).float())
+            if self.loops(n) is None and residuals[-1] < problem.solve.tol:
+                break
+        shown = max(1, min(frames, len(logits)))
+        keep = sorted({round(i * (len(logits) - 1) / max(shown - 1, 1)) for i in range(shown)})
+        return [TraceStep(logits[i], residuals[i], f"iteration {i + 1} of {len(logits)} (Picard)") for i in keep]
 
     def parameter_counts(self) -> dict[str, int]:
         """{'total': all parameters, 'dense': all but the embedding lookup table}."""
@@ -168,7 +232,8 @@ class LocalEquilibrium(nn.Module):
     def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
         """Forward FLOPs per position: the head, plus each evaluation of the map (of a forward's
         ModelOutput, a number of evaluations, or the worst case at seq_len when None)."""
-        c, k, v = self.cfg.d, self.cfg.kernel, self.cfg.vocab_size
+        c, v = self.cfg.d, self.cfg.vocab_size
+        k = self.cfg.kernel ** self.cfg.dims  # taps of a kernel
         n_evals = out.n_evals if isinstance(out, ModelOutput) else out
         if n_evals is None:
             n_evals = self.loops(self.cfg.seq_len) or self.max_iter(self.cfg.seq_len) + 1

@@ -20,7 +20,7 @@ from attractor.fixedpoint import Unroll
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.deq import DEQLM, DEQConfig
 from attractor.models.equilibrium import SolveConfig
-from attractor.models.local import LocalConfig, LocalEquilibrium
+from attractor.models.local import LocalConfig, LocalEquilibrium, LocalGridConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
 from attractor.models.puzzle import PuzzleTransformer, PuzzleTransformerConfig
 from attractor.models.reasoner import TRM, AttractorReasoner, AttractorReasonerConfig, TRMConfig
@@ -35,16 +35,17 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     TRMConfig: TRM,
     AttractorReasonerConfig: AttractorReasoner,
     LocalConfig: LocalEquilibrium,
+    LocalGridConfig: LocalEquilibrium,
 }
 FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
                              "looped": LoopedConfig, "deq": DEQConfig,
                              "puzzle-transformer": PuzzleTransformerConfig, "trm": TRMConfig,
                              "attractor-reasoner": AttractorReasonerConfig,
-                             "local": LocalConfig}  # the tag saved with a config
+                             "local": LocalConfig, "local-grid": LocalGridConfig}  # the tag saved with a config
 # What each family trains on: a task's name in attractor.tasks.TASKS (models do not import tasks).
 TASK_OF: dict[str, str] = {"attractor": "text", "transformer": "text", "looped": "text", "deq": "text",
                            "puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles",
-                           "local": "parity"}
+                           "local": "parity", "local-grid": "maze-sizes"}
 PRESETS: dict[str, Callable[[], object]] = {}
 # A preset's trainer defaults where they differ from its task's: TrainConfig field overrides.
 PRESET_TRAIN: dict[str, dict] = {}
@@ -228,6 +229,16 @@ def parity_looped():  # the same map unrolled a fixed n steps (backprop through 
     return LocalConfig(loops_per_position=1.0, solve=dataclasses.replace(LocalConfig().solve, grad=Unroll()))
 
 
+@preset
+def maze_local():  # the 2-D map (3x3 kernels, 32 channels: 28k parameters), mazes of any side
+    return LocalGridConfig()
+
+
+@preset
+def maze_looped():  # the same 2-D map unrolled a fixed s*s / 2 steps (backprop through all): the baseline
+    return LocalGridConfig(loops_per_position=0.5, solve=dataclasses.replace(LocalGridConfig().solve, grad=Unroll()))
+
+
 def config(name: str, **overrides):
     """The preset's config with overrides applied (see `override` for the keys)."""
     check_name(name, PRESETS, "model preset")
@@ -310,6 +321,34 @@ def from_config(cfg) -> nn.Module:
     return MODEL_OF[type(cfg)](cfg)
 
 
+class _SkipMetaFills(torch.overrides.TorchFunctionMode):
+    """The initialisers that only fill values (random draws, the identity) do nothing to a meta
+    tensor, which has no values: skipped. Some of them (`normal_`, `eye`) run on meta tensors as
+    Python references wrapped to disable dynamo, which import torch._dynamo on first use: over a
+    second of start-up for `attractor models` and for loading a checkpoint."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _FILLS:  # nn.init passes its tensor by keyword, Tensor methods as self, eye as out
+            tensor = args[0] if args and func is not torch.eye else kwargs.get("tensor", kwargs.get("out"))
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+_FILLS = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.eye,
+          *(getattr(torch.nn.init, name) for name in ("normal_", "uniform_", "trunc_normal_", "eye_", "orthogonal_",
+                                                      "xavier_normal_", "xavier_uniform_", "kaiming_normal_",
+                                                      "kaiming_uniform_"))}
+
+
+def meta_model(cfg) -> nn.Module:
+    """The model a config describes with its tensors on the meta device: shapes without memory or
+    values (parameter counts, FLOPs, or a model to `load_state_dict(..., assign=True)` into)."""
+    with torch.device("meta"), _SkipMetaFills():
+        return from_config(cfg)
+
+
 def family_of(cfg) -> str:
     """The family tag of a model config ('attractor', 'trm', ...)."""
     return next(tag for tag, cls in FAMILIES.items() if type(cfg) is cls)
@@ -337,9 +376,7 @@ def describe(name: str) -> dict:
     Attractor); flops_per_iter: what each attractor evaluation or loop adds on top (0 for the
     plain transformer). Realised cost: `model.flops_per_token(output)`.
     """
-    cfg = config(name)
-    with torch.device("meta"):
-        model = MODEL_OF[type(cfg)](cfg)
+    model = meta_model(config(name))
     base = model.flops_per_token(0)
     per_iter = model.flops_per_token(1) - base
     return {"name": name, "family": type(model).__name__, **model.parameter_counts(),

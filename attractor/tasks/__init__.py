@@ -7,6 +7,7 @@ section 2): a task knows token ids and labels, not how a model makes its logits.
 """
 
 from attractor.tasks.base import TASKS, Task, get_task, register
+from attractor.tasks.maze_sizes import MAZE_SIZES, MazeSizesDataConfig, MazeSizesTask
 from attractor.tasks.parity import PARITY, ParityDataConfig, ParityTask, parity_metrics
 from attractor.tasks.puzzles import (
     PUZZLES,
@@ -19,6 +20,6 @@ from attractor.tasks.puzzles import (
 )
 from attractor.tasks.text import TEXT, TextTask
 
-__all__ = ["PARITY", "PUZZLES", "TASKS", "TEXT", "ParityDataConfig", "ParityTask", "PuzzleBatches", "PuzzleDataConfig",
+__all__ = ["MAZE_SIZES", "MazeSizesDataConfig", "MazeSizesTask", "PARITY", "PUZZLES", "TASKS", "TEXT", "ParityDataConfig", "ParityTask", "PuzzleBatches", "PuzzleDataConfig",
            "PuzzleTask", "Task", "TextTask", "cell_metrics", "changed_metrics", "get_task", "parity_metrics", "register",
            "test_batches"]

@@ -131,3 +131,66 @@ def test_inputs_are_checked():
         model(torch.tensor([[0, 2, 1]]))
     with pytest.raises(ValueError, match="iters"):
         model(bits(1, 4), iters=-1)
+
+
+# ---- the 2-D map (LocalGridConfig, `maze-local`): grids of any side -------------------------
+
+def grids(batch: int, side: int, seed: int = 0) -> torch.Tensor:
+    """Random maze-like tokens (1..4: wall, open, S, G) of `batch` grids of side `side`, row by row."""
+    return torch.randint(1, 5, (batch, side * side), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("preset", ["maze-local", "maze-looped"])
+def test_the_2d_map_takes_any_side(preset):
+    torch.manual_seed(0)
+    model = build(preset).eval()
+    for side in (5, 11):
+        idx = grids(2, side)
+        with torch.no_grad():
+            out = model(idx, idx)
+        assert out.logits.shape == (2, side * side, 6) and torch.isfinite(out.logits).all()
+        assert out.depth.shape == (2,) and out.n_evals >= 1
+    assert model.max_iter(121) == 121 and model.max_iter(25) == 32  # max(32, ceil(1.0 * cells))
+    assert build("maze-looped").loops(121) == 61
+
+
+def test_the_2d_map_is_local_and_sees_rows_as_a_grid():
+    """Changing one cell moves the answer only within two cells per evaluation (Chebyshev
+    distance), in both directions of the grid: the map is a 2-D convolution, not a 1-D one."""
+    torch.manual_seed(0)
+    model = build("maze-local").eval()
+    side, centre = 11, 5 * 11 + 5
+    idx = grids(1, side)
+    other = idx.clone()
+    other[0, centre] = 1 + other[0, centre] % 4
+    with torch.no_grad():
+        moved = (model(idx, iters=1).logits - model(other, iters=1).logits).abs().amax(-1)[0].view(side, side)
+    reached = (moved > 0).nonzero().tolist()
+    assert [5, 5] in reached and [3, 5] in reached and [5, 7] in reached  # up two rows, right two columns
+    assert all(abs(r - 5) <= 2 and abs(c - 5) <= 2 for r, c in reached)
+
+
+def test_the_2d_map_refuses_a_non_square_input_and_round_trips():
+    model = build("maze-local")
+    with pytest.raises(ValueError, match="square"):
+        model(grids(1, 4)[:, :15])
+    cfg = config("maze-local")
+    assert config_to_dict(cfg)["family"] == "local-grid" and cfg.dims == 2 and LocalConfig.dims == 1
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    assert model.parameter_counts()["total"] == 28102  # 3x3 kernels: 9x the 1-D map's taps, 6 tokens
+
+
+def test_the_2d_trace_gives_picard_frames_up_to_convergence():
+    model = contractive_grid()
+    steps = model.trace(grids(1, 7), frames=5)
+    assert 1 <= len(steps) <= 5 and steps[-1].logits.shape == (1, 49, 6)
+    assert steps[-1].residual < model.cfg.solve.tol and steps[-1].label.startswith("iteration ")
+
+
+def contractive_grid():
+    torch.manual_seed(0)
+    model = build("maze-local").eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(0.2)
+        model.conv2.weight.mul_(0.2)
+    return model
