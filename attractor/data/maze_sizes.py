@@ -28,17 +28,15 @@ is written under a temporary name beside DIR and renamed into place when complet
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from attractor.data import maze
-from attractor.data.parity import _npy, parse_bits_list
+from attractor.data import folder
+from attractor.data.folder import new_folder, write_folder
+from attractor.data.parity import parse_bits_list
 from attractor.errors import ConfigError, check_int
 
 FORMAT = "attractor-maze-sizes"
@@ -84,17 +82,13 @@ def build_maze_sizes(out: str | Path, train_size: int = 9, test_sizes=(9, 13, 17
     """Write a dataset to `out` (which must not exist; its parent must): n_train mazes of side
     train_size, n_test of each side in test_sizes (min_path: None scales Maze-Hard's with the
     area, attractor.data.maze.default_min_path). Returns the folder."""
-    from attractor.io import atomic_write_bytes, atomic_write_text, check_writable_dir, current_umask
-
     train_size = check_int(train_size, "train_size", 3)
     test_sizes = parse_sizes(test_sizes if isinstance(test_sizes, str) else ",".join(map(str, test_sizes)))
     check_int(n_train, "train", 1)
     check_int(n_test, "test", 1)
     if min_path is not None:
         check_int(min_path, "min_path", 1)
-    out = check_writable_dir(out)
-    if out.exists():
-        raise ConfigError(f"{out} already exists; delete it or choose another --out")
+    out = new_folder(out)  # before generating
     splits = {"train": generate(n_train, train_size, seed, 0, min_path, loops),
               **{f"test-{s}": generate(n_test, s, seed, 1, min_path, loops) for s in test_sizes}}
     meta = {"format": FORMAT, "version": VERSION, "kind": "maze", "vocab_size": maze.VOCAB_SIZE,
@@ -102,35 +96,13 @@ def build_maze_sizes(out: str | Path, train_size: int = 9, test_sizes=(9, 13, 17
             "recipe": {"source": "attractor.data.maze.generate", "train": n_train, "test": n_test, "seed": seed,
                        "min_path": min_path, "loops": loops},
             "splits": {name: {"examples": len(g), "side": g.side} for name, g in splits.items()}}
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, grids in splits.items():
-            (tmp / name).mkdir()
-            for key in ("inputs", "labels", "path"):
-                atomic_write_bytes(tmp / name / f"{key}.npy", _npy(getattr(grids, key)))
-        atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=1) + "\n")
-        os.chmod(tmp, 0o777 & ~current_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_folder(out, meta, {name: {key: getattr(g, key) for key in ("inputs", "labels", "path")}
+                                    for name, g in splits.items()})
 
 
 def read_meta(path: str | Path) -> dict:
     """dataset.json of a maze-sizes dataset; ConfigError (one line) for a folder that is not one."""
-    path = Path(path)
-    hint = "build one with `attractor data maze-sizes --out DIR`"
-    try:
-        meta = json.loads((path / "dataset.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is not a maze-sizes dataset (no dataset.json); {hint}") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read {path / 'dataset.json'}: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        what = meta.get("kind", meta.get("format")) if isinstance(meta, dict) else None
-        raise ConfigError(f"{path} is not a maze-sizes dataset (it holds {what!r}); {hint}")
-    return meta
+    return folder.read_meta(path, FORMAT, VERSION, "a maze-sizes dataset", "attractor data maze-sizes --out DIR")
 
 
 def load_maze_sizes(path: str | Path) -> dict:
@@ -139,9 +111,6 @@ def load_maze_sizes(path: str | Path) -> dict:
     meta = read_meta(path)
 
     def split(name: str) -> Grids:
-        try:
-            return Grids(*(np.load(path / name / f"{key}.npy", mmap_mode="r") for key in ("inputs", "labels", "path")))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{path / name}: cannot read the split ({err})") from None
+        return Grids(*folder.load_arrays(path / name, ("inputs", "labels", "path"), "maze-sizes dataset"))
 
     return {"meta": meta, "train": split("train"), "test": {int(s): split(f"test-{s}") for s in meta["test_sizes"]}}

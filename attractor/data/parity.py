@@ -28,16 +28,13 @@ temporary name beside DIR and renamed into place when complete.
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from attractor.data import folder
+from attractor.data.folder import new_folder, write_folder
 from attractor.errors import ConfigError, check_int
 
 FORMAT = "attractor-parity"
@@ -85,61 +82,27 @@ def parse_bits_list(text: str, flag: str = "--test-bits") -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def build_parity(out: str | Path, train_bits: int = 16, test_bits=(16, 32, 64, 128, 256, 512),
                  n_train: int = 10000, n_test: int = 1000, seed: int = 0) -> Path:
     """Write a parity dataset to `out` (which must not exist; its parent must): n_train strings
     of train_bits bits, n_test strings of each length in test_bits. Returns the folder."""
-    from attractor.io import atomic_write_bytes, atomic_write_text, check_writable_dir, current_umask
-
     train_bits = check_int(train_bits, "train_bits", 1)
     test_bits = parse_bits_list(test_bits if isinstance(test_bits, str) else ",".join(map(str, test_bits)))
     check_int(n_train, "train", 1)
     check_int(n_test, "test", 1)
-    out = check_writable_dir(out)
-    if out.exists():
-        raise ConfigError(f"{out} already exists; delete it or choose another --out")
+    out = new_folder(out)  # before generating
     splits = {"train": generate(n_train, train_bits, seed, 0),
               **{f"test-{n}": generate(n_test, n, seed, 1) for n in test_bits}}
     meta = {"format": FORMAT, "version": VERSION, "kind": "parity", "vocab_size": VOCAB_SIZE,
             "train_bits": train_bits, "test_bits": list(test_bits),
             "recipe": {"train": n_train, "test": n_test, "seed": seed},
             "splits": {name: {"examples": len(s), "bits": s.bits} for name, s in splits.items()}}
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, strings in splits.items():
-            (tmp / name).mkdir()
-            atomic_write_bytes(tmp / name / "inputs.npy", _npy(strings.inputs))
-            atomic_write_bytes(tmp / name / "labels.npy", _npy(strings.labels))
-        atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=1) + "\n")
-        os.chmod(tmp, 0o777 & ~current_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_folder(out, meta, {name: {"inputs": s.inputs, "labels": s.labels} for name, s in splits.items()})
 
 
 def read_meta(path: str | Path) -> dict:
     """dataset.json of a parity dataset; ConfigError (one line) for a folder that is not one."""
-    path = Path(path)
-    try:
-        meta = json.loads((path / "dataset.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is not a parity dataset (no dataset.json); build one with "
-                          "`attractor data parity --out DIR`") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read {path / 'dataset.json'}: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        what = meta.get("kind", meta.get("format")) if isinstance(meta, dict) else None
-        raise ConfigError(f"{path} is not a parity dataset (it holds {what!r}); build one with "
-                          "`attractor data parity --out DIR`")
-    return meta
+    return folder.read_meta(path, FORMAT, VERSION, "a parity dataset", "attractor data parity --out DIR")
 
 
 def load_parity(path: str | Path) -> dict:
@@ -148,9 +111,6 @@ def load_parity(path: str | Path) -> dict:
     meta = read_meta(path)
 
     def split(name: str) -> Strings:
-        try:
-            return Strings(*(np.load(path / name / f"{key}.npy", mmap_mode="r") for key in ("inputs", "labels")))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"{path / name}: cannot read the split ({err})") from None
+        return Strings(*folder.load_arrays(path / name, ("inputs", "labels"), "parity dataset"))
 
     return {"meta": meta, "train": split("train"), "test": {int(n): split(f"test-{n}") for n in meta["test_bits"]}}

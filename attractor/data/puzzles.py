@@ -25,17 +25,15 @@ into place when complete, so a killed build leaves nothing that looks like a dat
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from attractor.data import augment, maze, sudoku
+from attractor.data.folder import load_arrays, read_meta, write_folder
 from attractor.errors import ConfigError, check_int
 
 FORMAT = "attractor-puzzles"
@@ -59,12 +57,6 @@ class Split:
 
 # ---------------------------------------------------------------- writing and reading a dataset
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _augmented_split(inputs: np.ndarray, labels: np.ndarray, rating: np.ndarray, n_aug: int, transform) -> dict:
     """Rows for every original and its n_aug transforms: original g is rows g*(1+n_aug) onwards."""
     inputs_all, labels_all = [inputs[:, None]], [labels[:, None]]
@@ -84,65 +76,22 @@ def _augmented_split(inputs: np.ndarray, labels: np.ndarray, rating: np.ndarray,
 
 
 def write_dataset(out: str | Path, meta: dict, splits: dict[str, dict]) -> Path:
-    """Write the splits' arrays and dataset.json into a temporary folder beside `out`, then
-    rename it to `out`, which must not exist yet; its parent must (a ConfigError otherwise).
+    """Write the splits' arrays and dataset.json as a dataset folder (attractor.data.folder):
+    whole or not at all; `out` must not exist yet, its parent must (a ConfigError otherwise).
     Out of space, raises DiskFullError naming the size the dataset needs, and leaves nothing."""
-    from attractor.io import (atomic_write_bytes, atomic_write_text, check_writable_dir, disk_full, is_disk_full,
-                              size_text)
-
-    out = check_writable_dir(out)
-    if out.exists():
-        raise ConfigError(f"{out} already exists; delete it or choose another --out")
-    needs = sum(array.nbytes + 128 for arrays in splits.values() for array in arrays.values()) + 4096  # + headers, json
-    tmp = None
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-        meta = {"format": FORMAT, "version": VERSION, **meta, "splits": {}}
-        for name, arrays in splits.items():
-            (tmp / name).mkdir()
-            for key, array in arrays.items():
-                atomic_write_bytes(tmp / name / f"{key}.npy", _npy(array))
-            meta["splits"][name] = {"examples": int(len(arrays["inputs"])), "groups": int(len(arrays["rating"]))}
-        atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=1) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and is_disk_full(err):
-            raise disk_full(out.parent, f"the dataset {out.name}", f"about {size_text(needs)}", err) from err
-        raise
-    return out
-
-
-def _umask() -> int:
-    from attractor.io import current_umask
-
-    return current_umask()
+    meta = {"format": FORMAT, "version": VERSION, **meta,
+            "splits": {name: {"examples": int(len(arrays["inputs"])), "groups": int(len(arrays["rating"]))}
+                       for name, arrays in splits.items()}}
+    return write_folder(out, meta, splits)
 
 
 def load_puzzles(path: str | Path) -> dict:
     """{"meta": dataset.json, "train": Split, "test": Split}, arrays memory-mapped; ConfigError
     (one line) for a folder that is missing, not a puzzle dataset, or of another version."""
     path = Path(path)
-    try:
-        meta = json.loads((path / "dataset.json").read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is not a puzzle dataset (no dataset.json); build one with `attractor data`") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read {path / 'dataset.json'}: {e}") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ConfigError(f"{path} holds format {meta.get('format')!r} version {meta.get('version')!r}, "
-                          f"expected {FORMAT!r} version {VERSION}")
-    out: dict = {"meta": meta}
-    for name in meta["splits"]:
-        try:
-            arrays = {key: np.load(path / name / f"{key}.npy", mmap_mode="r", allow_pickle=False)
-                      for key in ("inputs", "labels", "group", "aug", "rating")}
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"puzzle dataset {path} is incomplete or corrupt ({e}); rebuild it") from None
-        out[name] = Split(**arrays)
-    return out
+    meta = read_meta(path, FORMAT, VERSION, "a puzzle dataset", "attractor data sudoku|maze --out DIR")
+    keys = ("inputs", "labels", "group", "aug", "rating")
+    return {"meta": meta, **{name: Split(*load_arrays(path / name, keys, "puzzle dataset")) for name in meta["splits"]}}
 
 
 def _counts(n_train, n_test, n_aug) -> None:

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from attractor.data import maze, puzzles, sudoku
+from attractor.data import folder, maze, puzzles, sudoku
 from attractor.errors import ConfigError
 
 
@@ -85,7 +85,7 @@ def test_writes_are_all_or_nothing(tmp_path, monkeypatch, sudoku_set):
 
     def broken(array):
         raise OSError("disk full")
-    monkeypatch.setattr(puzzles, "_npy", broken)
+    monkeypatch.setattr(folder, "npy", broken)  # the dataset folder writer (attractor/data/folder.py)
     with pytest.raises(OSError, match="disk full"):
         puzzles.build_maze(tmp_path / "m", n_train=1, n_test=1, size=6)
     assert list(tmp_path.iterdir()) == []   # no dataset, no temporary folder
