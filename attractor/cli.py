@@ -696,18 +696,18 @@ def parser() -> argparse.ArgumentParser:
     d_extreme.add_argument("--min-rating", type=int, help="keep puzzles with the official rating >= this")
     d_extreme.add_argument("--test-limit", type=int, help="keep the first N test puzzles (default: all)")
     d_hard = data.add_parser("maze-hard", help="download and convert sapientinc/maze-30x30-hard-1k (1000 x 8, 1000)")
-    d_parity = data.add_parser("parity", help="generate prefix-parity bit strings offline: one training length, "
-                               "test lengths far beyond it")
-    d_parity.add_argument("--train-bits", type=int, default=16, help="length of the training strings")
-    d_parity.add_argument("--test-bits", default="16,32,64,128,256,512", help="test lengths, comma-separated")
-    d_parity.add_argument("--train", type=int, default=10000, help="training strings")
-    d_parity.add_argument("--test", type=int, default=1000, help="test strings of each length")
-    d_sizes = data.add_parser("maze-sizes", help="generate mazes offline for maze-local: one training side, "
-                              "test sides far beyond it")
-    d_sizes.add_argument("--train-size", type=int, default=9, help="side of the training mazes")
-    d_sizes.add_argument("--test-sizes", default="9,13,17,25,33", help="test sides, comma-separated")
-    d_sizes.add_argument("--train", type=int, default=10000, help="training mazes")
-    d_sizes.add_argument("--test", type=int, default=200, help="test mazes of each side")
+    # The growing tasks' datasets: one training size, test sizes far beyond it.
+    growing = {}
+    for action, what, flags, sizes, tests in (
+            ("parity", "prefix-parity bit strings", ("bits", "bits", "length"), (16, "16,32,64,128,256,512"), 1000),
+            ("maze-sizes", "mazes for maze-local", ("size", "sizes", "side"), (9, "9,13,17,25,33"), 200)):
+        sp = growing[action] = data.add_parser(action, help=f"generate {what} offline: one training {flags[2]}, "
+                                               f"test {flags[2]}s far beyond it")
+        sp.add_argument(f"--train-{flags[0]}", type=int, default=sizes[0], help=f"{flags[2]} of the training data")
+        sp.add_argument(f"--test-{flags[1]}", default=sizes[1], help=f"test {flags[2]}s, comma-separated")
+        sp.add_argument("--train", type=int, default=10000, help="training examples")
+        sp.add_argument("--test", type=int, default=tests, help=f"test examples of each {flags[2]}")
+    d_parity, d_sizes = growing["parity"], growing["maze-sizes"]
     d_sizes.add_argument("--min-path", type=int, help="least moves from S to G (default 111 at 30x30, scaled by area)")
     for sp in (d_sudoku, d_maze, d_extreme, d_hard, d_parity, d_sizes):
         sp.add_argument("--out", required=True, help="dataset folder to create (must not exist)")

@@ -86,6 +86,20 @@ def read_meta(path: str | Path, fmt: str, version: int, what: str, command: str)
     return meta
 
 
+def load_growing(path: str | Path, fmt: str, version: int, what: str, command: str, make, keys: tuple[str, ...],
+                 sizes_key: str) -> dict:
+    """A dataset of one training size and several test sizes (parity lengths, maze sides):
+    {"meta": dataset.json, "train": make(*arrays), "test": {size: make(*arrays)}}, the arrays
+    (one per key) memory-mapped from train/ and test-<size>/, the sizes listed in meta[sizes_key]."""
+    path = Path(path)
+    meta = read_meta(path, fmt, version, what, command)
+
+    def split(name: str):
+        return make(*load_arrays(path / name, keys, what))
+
+    return {"meta": meta, "train": split("train"), "test": {int(n): split(f"test-{n}") for n in meta[sizes_key]}}
+
+
 def load_arrays(split: Path, keys: tuple[str, ...], what: str) -> list[np.ndarray]:
     """split/KEY.npy for each key, memory-mapped; ConfigError (one line) naming `what` (the
     dataset) when one is missing or unreadable."""

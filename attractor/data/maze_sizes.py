@@ -100,17 +100,14 @@ def build_maze_sizes(out: str | Path, train_size: int = 9, test_sizes=(9, 13, 17
                                     for name, g in splits.items()})
 
 
+DATASET = ("a maze-sizes dataset", "attractor data maze-sizes --out DIR")  # (what messages call it, how to build one)
+
+
 def read_meta(path: str | Path) -> dict:
     """dataset.json of a maze-sizes dataset; ConfigError (one line) for a folder that is not one."""
-    return folder.read_meta(path, FORMAT, VERSION, "a maze-sizes dataset", "attractor data maze-sizes --out DIR")
+    return folder.read_meta(path, FORMAT, VERSION, *DATASET)
 
 
 def load_maze_sizes(path: str | Path) -> dict:
     """{"meta": dataset.json, "train": Grids, "test": {side: Grids}} (arrays memory-mapped)."""
-    path = Path(path)
-    meta = read_meta(path)
-
-    def split(name: str) -> Grids:
-        return Grids(*folder.load_arrays(path / name, ("inputs", "labels", "path"), "maze-sizes dataset"))
-
-    return {"meta": meta, "train": split("train"), "test": {int(s): split(f"test-{s}") for s in meta["test_sizes"]}}
+    return folder.load_growing(path, FORMAT, VERSION, *DATASET, Grids, ("inputs", "labels", "path"), "test_sizes")

@@ -100,17 +100,14 @@ def build_parity(out: str | Path, train_bits: int = 16, test_bits=(16, 32, 64, 1
     return write_folder(out, meta, {name: {"inputs": s.inputs, "labels": s.labels} for name, s in splits.items()})
 
 
+DATASET = ("a parity dataset", "attractor data parity --out DIR")  # (what messages call it, how to build one)
+
+
 def read_meta(path: str | Path) -> dict:
     """dataset.json of a parity dataset; ConfigError (one line) for a folder that is not one."""
-    return folder.read_meta(path, FORMAT, VERSION, "a parity dataset", "attractor data parity --out DIR")
+    return folder.read_meta(path, FORMAT, VERSION, *DATASET)
 
 
 def load_parity(path: str | Path) -> dict:
     """{"meta": dataset.json, "train": Strings, "test": {bits: Strings}} (arrays memory-mapped)."""
-    path = Path(path)
-    meta = read_meta(path)
-
-    def split(name: str) -> Strings:
-        return Strings(*folder.load_arrays(path / name, ("inputs", "labels"), "parity dataset"))
-
-    return {"meta": meta, "train": split("train"), "test": {int(n): split(f"test-{n}") for n in meta["test_bits"]}}
+    return folder.load_growing(path, FORMAT, VERSION, *DATASET, Strings, ("inputs", "labels"), "test_bits")

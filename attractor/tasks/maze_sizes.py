@@ -17,35 +17,19 @@ takes a maze of any side.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from attractor.data.maze_sizes import FORMAT, load_maze_sizes
-from attractor.errors import ConfigError
-from attractor.schema import check_fields, require
 from attractor.tasks.base import register
-from attractor.tasks.parity import LengthBatches, ParityTask
+from attractor.tasks.parity import GrowingDataConfig, ParityTask
 
 
 @dataclass(frozen=True)
-class MazeSizesDataConfig:
+class MazeSizesDataConfig(GrowingDataConfig):
     """The data of a maze-sizes run: a dataset folder built by `attractor data maze-sizes`."""
 
-    source: str | None = None  # the dataset folder (dataset.json beside train/ and test-<side>/); None: not chosen yet
+    loader, command, least_size = staticmethod(load_maze_sizes), "attractor data maze-sizes", 3
     val_max_size: int = 17  # validation during training runs the test sides up to this one
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        require(self.source != "", "MazeSizesDataConfig.source must not be empty")
-        require(self.val_max_size >= 3, f"val_max_size={self.val_max_size} must be >= 3")
-
-    def load(self) -> dict:
-        """load_maze_sizes(source); a ConfigError (one line) when it is unset, missing or not this data."""
-        if self.source is None:
-            raise ConfigError("a maze-local model needs a dataset: --data DIR "
-                              "(build one with `attractor data maze-sizes`)")
-        return load_maze_sizes(self.source)
 
 
 class MazeSizesTask(ParityTask):
@@ -62,38 +46,13 @@ class MazeSizesTask(ParityTask):
     model_kind = "maze model"
     reads = "it reads a maze-sizes dataset"
     solves_puzzles = True  # `attractor solve maze FILE` (attractor/puzzle_solve.py)
+    format = FORMAT
+    dataset_name = "a maze-sizes dataset"
+    size_word = "side"
+    val_max_field = "val_max_size"
 
-    def model_settings(self, data: MazeSizesDataConfig) -> list[str]:
-        if data.source is None:
-            return []
-        meta = data.load()["meta"]
-        return [f"model.vocab_size={meta['vocab_size']}", f"model.seq_len={meta['train_size'] ** 2}"]
-
-    def check_meta(self, run, meta: dict) -> None:
-        if run.model.vocab_size != meta["vocab_size"]:
-            raise ConfigError(f"model.vocab_size={run.model.vocab_size} does not fit the maze-sizes dataset "
-                              f"{run.data.source} (vocab_size {meta['vocab_size']}); drop the setting: the model "
-                              "follows the dataset")
-
-    def recognise(self, source: str) -> str | None:
-        """'a maze-sizes dataset' for a folder whose dataset.json says so."""
-        try:
-            meta = json.loads((Path(source) / "dataset.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return "a maze-sizes dataset" if isinstance(meta, dict) and meta.get("format") == FORMAT else None
-
-    def validation(self, run, data) -> LengthBatches:
-        """eval_batches batches of micro_batch mazes of each test side up to val_max_size (the
-        smallest test side at least)."""
-        sides = [s for s in data["test"] if s <= run.data.val_max_size] or [min(data["test"])]
-        return LengthBatches({s: data["test"][s] for s in sides}, run.train.micro_batch, run.train.eval_batches)
-
-    def eval_metrics(self, record: dict) -> str:
-        sides = sorted(int(k.rsplit("_", 1)[1]) for k in record if k.startswith("val_exact_"))
-        exact = ", ".join(f"{s}: {record[f'val_exact_{s}']:.3f}" for s in sides)
-        depth = ", ".join(f"{s}: {record[f'val_depth_{s}']:.1f}" for s in sides if f"val_depth_{s}" in record)
-        return f", exact by side {exact}" + (f", iterations by side {depth}" if depth else "")
+    def train_length(self, meta: dict) -> int:
+        return meta["train_size"] ** 2  # cells of a training maze
 
 
 MAZE_SIZES = register(MazeSizesTask())

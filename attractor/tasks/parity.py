@@ -18,6 +18,7 @@ description (dataset.json) in its tokenizer.json.
 from __future__ import annotations
 
 import json
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,22 +36,34 @@ IGNORE_INDEX = -100  # PyTorch's ignore value, the models' (attractor/models/bas
 
 
 @dataclass(frozen=True)
-class ParityDataConfig:
-    """The data of a parity run: a dataset folder built by `attractor data parity`."""
+class GrowingDataConfig:
+    """The data of a growing task: a dataset folder of one training size and several test sizes.
+    A subclass names its loader and the command that builds its folders, and adds one field
+    `val_max_<unit>`: the largest test size validated during training (at least `least_size`)."""
 
-    source: str | None = None  # the dataset folder (dataset.json beside train/ and test-<n>/); None: not chosen yet
-    val_max_bits: int = 64  # validation during training runs the test lengths up to this one
+    source: str | None = None  # the dataset folder (dataset.json beside train/ and test-<size>/); None: not chosen yet
 
     def __post_init__(self) -> None:
         check_fields(self)
-        require(self.source != "", "ParityDataConfig.source must not be empty")
-        require(self.val_max_bits >= 1, f"val_max_bits={self.val_max_bits} must be >= 1")
+        require(self.source != "", f"{type(self).__name__}.source must not be empty")
+        for f in dataclasses.fields(self):
+            if f.name.startswith("val_max_"):
+                value = getattr(self, f.name)
+                require(value >= self.least_size, f"{f.name}={value} must be >= {self.least_size}")
 
     def load(self) -> dict:
-        """load_parity(source); a ConfigError (one line) when it is unset, missing or not parity data."""
+        """The loaded dataset; a ConfigError (one line) when the source is unset, missing or of another kind."""
         if self.source is None:
-            raise ConfigError("a parity model needs a dataset: --data DIR (build one with `attractor data parity`)")
-        return load_parity(self.source)
+            raise ConfigError(f"this model needs a dataset: --data DIR (build one with `{self.command}`)")
+        return type(self).loader(self.source)
+
+
+@dataclass(frozen=True)
+class ParityDataConfig(GrowingDataConfig):
+    """The data of a parity run: a dataset folder built by `attractor data parity`."""
+
+    loader, command, least_size = staticmethod(load_parity), "attractor data parity", 1
+    val_max_bits: int = 64  # validation during training runs the test lengths up to this one
 
 
 def _tensors(strings: Strings, rows) -> tuple[Tensor, Tensor]:
@@ -144,48 +157,54 @@ class ParityTask(DescribedDataTask):
     evaluator = "evaluate_parity"
     model_kind = "parity model"
     reads = "it reads a parity dataset"
+    # What a growing task of this shape (one training size, test sizes beyond it) calls its parts;
+    # MazeSizesTask sets its own.
+    format = FORMAT  # the dataset.json format of its folders
+    dataset_name = "a parity dataset"
+    size_word = "bits"  # eval lines: "exact by bits 16: 1.000, ..."
+    val_max_field = "val_max_bits"  # the data config's largest size validated during training
 
-    def model_settings(self, data: ParityDataConfig) -> list[str]:
+    def train_length(self, meta: dict) -> int:
+        """The training sequences' length (the model's seq_len, for cost estimates only)."""
+        return meta["train_bits"]
+
+    def model_settings(self, data) -> list[str]:
         if data.source is None:
             return []
         meta = data.load()["meta"]
-        return [f"model.vocab_size={meta['vocab_size']}", f"model.seq_len={meta['train_bits']}"]
+        return [f"model.vocab_size={meta['vocab_size']}", f"model.seq_len={self.train_length(meta)}"]
 
     def check_meta(self, run, meta: dict) -> None:
-        check_vocab(run, meta)
+        """ConfigError unless the run's model reads and writes the dataset's tokens."""
+        if run.model.vocab_size != meta["vocab_size"]:
+            raise ConfigError(f"model.vocab_size={run.model.vocab_size} does not fit {self.dataset_name} "
+                              f"{run.data.source} (vocab_size {meta['vocab_size']}); drop the setting: the model "
+                              "follows the dataset")
 
     def recognise(self, source: str) -> str | None:
-        """'a parity dataset' for a folder whose dataset.json says so."""
+        """dataset_name for a folder whose dataset.json has this task's format."""
         try:
             meta = json.loads((Path(source) / "dataset.json").read_text())
         except (OSError, ValueError):
             return None
-        return "a parity dataset" if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+        return self.dataset_name if isinstance(meta, dict) and meta.get("format") == self.format else None
 
     def batches(self, run, data, rank: int = 0, world: int = 1) -> ParityBatches:
         return ParityBatches(data["train"], run.train.micro_batch, seed=run.train.seed, rank=rank, world_size=world)
 
     def validation(self, run, data) -> LengthBatches:
-        """eval_batches batches of micro_batch strings of each test length up to val_max_bits
-        (the shortest test length at least)."""
-        lengths = [n for n in data["test"] if n <= run.data.val_max_bits] or [min(data["test"])]
-        return LengthBatches({n: data["test"][n] for n in lengths}, run.train.micro_batch, run.train.eval_batches)
+        """eval_batches batches of micro_batch examples of each test size up to the data config's
+        val_max_field (the smallest test size at least)."""
+        limit = getattr(run.data, self.val_max_field)
+        sizes = [n for n in data["test"] if n <= limit] or [min(data["test"])]
+        return LengthBatches({n: data["test"][n] for n in sizes}, run.train.micro_batch, run.train.eval_batches)
 
     def eval_metrics(self, record: dict) -> str:
-        lengths = sorted(int(k.rsplit("_", 1)[1]) for k in record if k.startswith("val_exact_"))
-        exact = ", ".join(f"{n}: {record[f'val_exact_{n}']:.3f}" for n in lengths)
-        depth = ", ".join(f"{n}: {record[f'val_depth_{n}']:.1f}" for n in lengths if f"val_depth_{n}" in record)
-        return f", exact by bits {exact}" + (f", iterations by bits {depth}" if depth else "")
-
-    def eval_line(self, record: dict) -> str:
-        return f"step {record['step']}: val loss {record['val_loss']:.4f}{self.eval_metrics(record)}"
-
-
-def check_vocab(run, meta: dict) -> None:
-    """ConfigError unless the run's model reads and writes the dataset's two tokens."""
-    if run.model.vocab_size != meta["vocab_size"]:
-        raise ConfigError(f"model.vocab_size={run.model.vocab_size} does not fit the parity dataset {run.data.source} "
-                          f"(vocab_size {meta['vocab_size']}); drop the setting: the model follows the dataset")
+        sizes = sorted(int(k.rsplit("_", 1)[1]) for k in record if k.startswith("val_exact_"))
+        exact = ", ".join(f"{n}: {record[f'val_exact_{n}']:.3f}" for n in sizes)
+        depth = ", ".join(f"{n}: {record[f'val_depth_{n}']:.1f}" for n in sizes if f"val_depth_{n}" in record)
+        word = self.size_word
+        return f", exact by {word} {exact}" + (f", iterations by {word} {depth}" if depth else "")
 
 
 PARITY = register(ParityTask())
