@@ -9,8 +9,8 @@ angles spread evenly and near 1 when they cluster at one angle).
 
 Maps:
   attractor-1m at init   the preset's own attractor map f(y) = H(y + c) - y (one gated block),
-                         c the backbone's proposal for random bytes; width 64 (the size the
-                         issue's first look used) and 128 (the preset's own)
+                         c the backbone's proposal for random bytes; width 64 (the size of the
+                         first look) and 128 (the preset's own)
   block, model init      bench.common.block_map(gain=None): one gated layers.Block with the models'
                          init_weights and x ~ N(0, 1)
   block, gain g          the same block with weights N(0, g^2 / fan_in), g = 1, 1.3 and 2.5
