@@ -38,7 +38,7 @@ chromium:
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
-# The main job on the embedded corpus: an Attractor and a Transformer, compared (about 10 minutes).
+# The main job on the embedded corpus: an Attractor and a Transformer, compared (about 5 minutes once set up).
 demo: $(VENV)/.plot
 	$(BIN)/python -m attractor demo --out runs/demo
 
