@@ -167,6 +167,11 @@ def tiny_settings(preset: str, cache, *extra: str) -> list[str]:
             f"data.cache_dir={cache}", *ARCH[preset], *extra]
 
 
+def sets(settings: list[str]) -> list[str]:
+    """--set arguments for the command line: ['a=1', 'b=2'] -> ['--set', 'a=1', '--set', 'b=2']."""
+    return [a for s in settings for a in ("--set", s)]
+
+
 def losses(run_dir) -> list[float]:
     """The training losses a run logged, in order."""
     import json

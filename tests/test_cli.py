@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_settings
+from conftest import sets, tiny_settings
 
 from attractor.cli import main
-
-
-def sets(settings: list[str]) -> list[str]:
-    return [a for s in settings for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")

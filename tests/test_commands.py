@@ -15,15 +15,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_settings
+from conftest import sets, tiny_settings
 
 from attractor import cli
 from attractor.cli import main
 from attractor.errors import ConfigError
-
-
-def sets(settings: list[str]) -> list[str]:
-    return [a for s in settings for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")

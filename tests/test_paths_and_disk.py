@@ -21,17 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_settings
+from conftest import sets, tiny_settings
 
 from attractor import io
 from attractor.cli import main
 from attractor.errors import ConfigError, DiskFullError
 
 HARD = "4...3.......6..8..........1....5..9..8....6...7.2........1.27..5.3....4.9........"
-
-
-def sets(settings: list[str]) -> list[str]:
-    return [a for s in settings for a in ("--set", s)]
 
 
 def one_line_error(capsys, code: int, argv: list[str], *matches: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import losses, tiny_settings
+from conftest import losses, sets, tiny_settings
 from torch import nn
 
 from attractor import io
@@ -34,10 +34,6 @@ from attractor.train import Callbacks, Trainer, TrainConfig, wsd
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STEPS = 100_000  # the runs below are stopped long before their end
-
-
-def sets(settings: list[str]) -> list[str]:
-    return [a for s in settings for a in ("--set", s)]
 
 
 def long_settings(tmp_path) -> list[str]:

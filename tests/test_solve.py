@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_settings
+from conftest import sets, tiny_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,10 +163,6 @@ def test_tokens_match_the_dataset_builders():
 
 TINY = ["model.d=32", "model.n_head=2", "train.batch_size=4", "train.eval_batches=1", "train.warmup=1"]
 SHALLOW = ["model.halt_max_steps=2", "model.h_cycles=2", "model.l_cycles=3"]  # a trace of 2 x 2 x 3 frames
-
-
-def sets(settings: list[str]) -> list[str]:
-    return [a for s in settings for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")
