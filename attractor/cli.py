@@ -8,7 +8,7 @@ puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m
     attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
                     (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
     attractor generate [--checkpoint] DIR --prompt TEXT|--prompt-file FILE [--num-samples N] [--batch-size B]
-                    [--max-new-tokens N] [--iters K] [--no-cache] [--temperature T] [--top-k K] [--top-p P]
+                    [--max-new-tokens N] [--iters K] [--no-cache | --cache MODE] [--temperature T] [--top-k K] [--top-p P]
                     [--seed S] [--json | --show-depth]   (one result prints as it goes; Ctrl-C keeps it)
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
@@ -298,7 +298,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # sample j of every prompt draws with seed --seed + j: each result is `--prompt TEXT --seed S+j` alone
     results = [(number, text, ids, j, args.seed + j) for number, text, ids in prompts for j in range(args.num_samples)]
     options = dict(max_new_tokens=args.max_new_tokens, iters=args.iters, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, cache=not args.no_cache)
+                   top_k=args.top_k, top_p=args.top_p, cache=False if args.no_cache else args.cache)
     out = sys.stdout
     view = DepthView(out.isatty(), type(model).__name__) if args.show_depth else None
     if len(results) == 1 and not args.json:
@@ -664,7 +664,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--show-depth", action="store_true", help="show each token's solver iterations: colour "
                      "shading in a terminal, a superscript after each piece elsewhere; a legend line follows")
     gen.add_argument("--no-cache", action="store_true", help="re-run the model on the whole context for every "
-                     "token (default: a KV cache, for the transformer and any model at a fixed --iters)")
+                     "token (default: a KV cache, exact up to rounding, for every family and depth but an "
+                     "adaptive solve stopped per sample)")
+    gen.add_argument("--cache", choices=("exact", "converged"), default="exact", help="what an equilibrium model's cache keeps: "
+                     "every solver step's keys and values (exact, the default) or only each earlier "
+                     "position's last iterate's (converged: less memory, close to the full forward, not exact)")
     dm = sub.add_parser("demo", help=cmd_demo.__doc__)
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--steps", type=int, default=300, help="training steps per model")

@@ -1,11 +1,13 @@
 """Sampling text from a trained language model, with a KV cache where the model has one.
 
 Each new token's logits come from a `Batch` of rows (`Context`: one row): with a cache
-(attractor.kvcache; the default wherever the model's `can_cache(iters)` says yes: the transformer,
-and the equilibrium and looped models at a fixed depth) only the new token runs through the model,
-against the keys and values of the earlier ones; without one (`cache=False`, `attractor generate
---no-cache`, and adaptive solves) the model re-runs on the whole context. Both give the same tokens
-and logits up to rounding.
+(attractor.kvcache; the default wherever the model's `can_cache(iters)` says yes: every family at
+a fixed depth, and the equilibrium models' adaptive solves stopped per token) only the new token
+runs through the model, against the keys and values of the earlier ones; without one
+(`cache=False`, `attractor generate --no-cache`) the model re-runs on the whole context. Both give
+the same tokens and logits up to rounding. An equilibrium model's cache is "exact" (`cache=True`:
+the keys and values of every solver step) or "converged" (`cache="converged"`: only each earlier
+position's last iterate's; close to the full forward, not exact, see attractor.kvcache).
 
 Contexts longer than seq_len, one rule for both paths: the model sees the last seq_len tokens (a
 sliding window). Uncached, every forward feeds them; cached, a token that does not fit the full
@@ -32,7 +34,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from attractor.kvcache import KVCache
+from attractor.kvcache import MODES, KVCache
 
 REPLACEMENT = "\ufffd"  # what a tokenizer's decode gives for bytes that are not (yet) a whole character
 
@@ -52,6 +54,23 @@ def check_options(*, max_new_tokens: int, temperature: float, top_k: int | None,
         raise ValueError(f"top_k={top_k} is above the vocabulary ({vocab_size} tokens)")
     if top_p is not None and not 0 < top_p <= 1:  # NaN fails too
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+
+def cache_mode(cache: bool | str) -> str | None:
+    """The KVCache mode a `cache` argument asks for: True is "exact", False None (no cache), or a
+    mode's name (attractor.kvcache.MODES); ValueError for anything else."""
+    if cache is True or cache is False:
+        return "exact" if cache else None
+    if cache not in MODES:
+        raise ValueError(f"cache={cache!r}: use True, False or one of {', '.join(MODES)}")
+    return cache
+
+
+def uses_cache(model: nn.Module, iters: int | None, cache: bool | str) -> bool:
+    """Whether generation with this `cache` argument runs cached: asked for, and the model has a
+    cache for `iters` (its `can_cache`)."""
+    can_cache = getattr(model, "can_cache", None)
+    return cache_mode(cache) is not None and can_cache is not None and bool(can_cache(iters))
 
 
 def shares_padding(model: nn.Module, iters: int | None) -> bool:
@@ -80,13 +99,14 @@ class Batch:
     otherwise (`generate_batches` groups such rows by length).
     """
 
-    def __init__(self, model: nn.Module, prompts: list[list[int]], iters: int | None = None, cache: bool = True):
+    def __init__(self, model: nn.Module, prompts: list[list[int]], iters: int | None = None,
+                 cache: bool | str = True):
         if not prompts or not all(prompts):
             raise ValueError("every prompt must hold at least one token")
         self.model, self.seq_len = model, model.cfg.seq_len
         self.kwargs = {} if iters is None else {"iters": iters}
-        can_cache = getattr(model, "can_cache", None)
-        self.cached = bool(cache and can_cache is not None and can_cache(iters))
+        self.mode = cache_mode(cache)
+        self.cached = uses_cache(model, iters, cache)
         same = len({len(p) for p in prompts}) == 1
         if not same and (self.cached or not shares_padding(model, iters)):
             raise ValueError("rows of different lengths share only an uncached forward of a model that "
@@ -116,7 +136,7 @@ class Batch:
         if self.cached:
             new = self.ids.shape[1] - self.fed  # tokens not yet in the cache
             if self.kv is None or self.kv.length + new > self.seq_len:  # start, or a full window: rebuild
-                self.kv = KVCache(self.seq_len)
+                self.kv = KVCache(self.seq_len, self.mode)
                 feed = self.ids[:, -self.seq_len:]
             else:
                 feed = self.ids[:, self.fed:]
@@ -151,7 +171,7 @@ class Context(Batch):
     """One sequence: `logits()` is the next token's (V,) float32 logits and `append(token)` adds
     one token (a Batch of one row)."""
 
-    def __init__(self, model: nn.Module, prompt: list[int], iters: int | None = None, cache: bool = True):
+    def __init__(self, model: nn.Module, prompt: list[int], iters: int | None = None, cache: bool | str = True):
         super().__init__(model, [prompt], iters, cache)
 
     def append(self, token: int | Tensor) -> None:
@@ -186,7 +206,7 @@ def pick(logits: Tensor, temperature: float, top_k: int | None, top_p: float | N
 
 def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, iters: int | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-           cache: bool = True) -> Iterator[int]:
+           cache: bool | str = True) -> Iterator[int]:
     """Continue `prompt` (token ids) by up to max_new_tokens tokens, yielding each new id as soon
     as it is drawn (so a caller can show it, or stop early).
 
@@ -199,6 +219,7 @@ def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, it
         seed: the sampler's own generator, so a call is repeatable whatever else ran before.
         cache: use a KV cache where the model supports one at `iters` (False: re-run the model
             on the whole context for every token); the same tokens either way, up to rounding.
+            "converged": an equilibrium model's lighter cache (attractor.kvcache), not exact.
     Raises ValueError at the call, before any token, for an empty prompt or an option that
     cannot work (check_options).
     """
@@ -209,7 +230,7 @@ def stream(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, it
 
 def stream_depth(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, iters: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 cache: bool = True) -> Iterator[tuple[int, int | None]]:
+                 cache: bool | str = True) -> Iterator[tuple[int, int | None]]:
     """`stream`, yielding (token id, depth) pairs: the solver steps (or loops) the token's
     position took when its logits were computed (`token_depth`; None for the transformer)."""
     if not prompt:
@@ -227,7 +248,7 @@ def _check(model: nn.Module, max_new_tokens: int, temperature: float, top_k: int
 @torch.no_grad()
 def _steps(model: nn.Module, prompts: list[list[int]], max_new_tokens: int, iters: int | None, temperature: float,
            top_k: int | None, top_p: float | None, seeds: list[int],
-           cache: bool) -> Iterator[tuple[list[int], list[int | None]]]:
+           cache: bool | str) -> Iterator[tuple[list[int], list[int | None]]]:
     """One Batch of `prompts` continued: per step, every row's new token and its depth. Row b
     draws with its own generator seeded seeds[b], so it draws what it draws alone."""
     model.eval()
@@ -249,7 +270,7 @@ class Generated(NamedTuple):
 
 def generate_batches(model: nn.Module, prompts: list[list[int]], *, seeds: list[int] | None = None,
                      max_new_tokens: int = 200, iters: int | None = None, temperature: float = 1.0,
-                     top_k: int | None = None, top_p: float | None = None, cache: bool = True,
+                     top_k: int | None = None, top_p: float | None = None, cache: bool | str = True,
                      batch_size: int = 8) -> Iterator[tuple[int, Generated]]:
     """Continue several prompts, batch_size rows at a time, yielding (index, Generated) in the
     prompts' order as each batch ends. Row i draws with seeds[i] (default: i), so each result is
@@ -267,8 +288,7 @@ def generate_batches(model: nn.Module, prompts: list[list[int]], *, seeds: list[
     if not all(prompts):
         raise ValueError("every prompt must hold at least one token")
     _check(model, max_new_tokens, temperature, top_k, top_p)
-    can_cache = getattr(model, "can_cache", None)
-    cached = bool(cache and can_cache is not None and can_cache(iters))
+    cached = uses_cache(model, iters, cache)
     padded = not cached and shares_padding(model, iters)
     return _generate_batches(model, prompts, seeds, max_new_tokens, iters, temperature, top_k, top_p, cache,
                              batch_size, padded)
@@ -296,7 +316,7 @@ def _generate_batches(model, prompts, seeds, max_new_tokens, iters, temperature,
 
 def sample(model: nn.Module, prompt: list[int], *, max_new_tokens: int = 200, iters: int | None = None,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-           cache: bool = True) -> list[int]:
+           cache: bool | str = True) -> list[int]:
     """The new token ids (without the prompt) of `stream` with the same arguments, as one list."""
     return list(stream(model, prompt, max_new_tokens=max_new_tokens, iters=iters, temperature=temperature,
                        top_k=top_k, top_p=top_p, seed=seed, cache=cache))

@@ -22,17 +22,20 @@ from torch import Tensor
 
 
 class LayerKV:
-    """One attention layer's keys and values of the positions seen so far, (B, H, length, K) each,
-    in buffers of `capacity` positions allocated at the first `extend`."""
+    """One attention layer's keys and values of the positions held, (B, H, length, K) each, in
+    buffers of `capacity` positions allocated at the first `extend`."""
 
-    def __init__(self, capacity: int):
-        self.capacity, self.length = capacity, 0
+    def __init__(self, capacity: int, length: int = 0):
+        self.capacity, self.length = capacity, length
         self.k: Tensor | None = None
         self.v: Tensor | None = None
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append the keys and values of T new positions, (B, H, T, K) each, and return those of
-        every position held (views, (B, H, length, K))."""
+        """Write the keys and values of T new positions, (B, H, T, K) each, after the `length`
+        held, and return those of every position up to them (views, (B, H, length + T, K)).
+
+        The new positions count as held only at `advance`: until then a second `extend`
+        overwrites them (a solver's next iterate of the same tokens)."""
         t = k.shape[2]
         if self.length + t > self.capacity:
             raise ValueError(f"the cache holds {self.length} positions of {self.capacity}; {t} more do not fit")
@@ -43,34 +46,62 @@ class LayerKV:
         end = self.length + t
         self.k[:, :, self.length:end] = k
         self.v[:, :, self.length:end] = v
-        self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def copy(self) -> LayerKV:
+        """A layer holding this one's positions (copies of its buffers)."""
+        other = LayerKV(self.capacity, self.length)
+        if self.k is not None:
+            other.k, other.v = self.k.clone(), self.v.clone()
+        return other
+
+    def nbytes(self) -> int:
+        """Bytes of the buffers (0 before the first extend)."""
+        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
+
+
+# What an equilibrium model's cache keeps of its earlier positions' solves:
+# "exact": every solver step's keys and values, so a new token's step k sees what it sees in the
+#          full forward (the same tokens and logits up to rounding);
+# "converged": only each position's last iterate's, so a new token iterates against the prefix's
+#          fixed points (one layer per block instead of one per step: close, not exact).
+MODES = ("exact", "converged")
 
 
 class KVCache:
     """The keys and values of every attention layer of one model over the positions fed so far.
 
     A model's cached forward checks that its T new tokens fit (`check`), runs each block with its
-    `layer(name)` and then `advance`s `length` by T. `depth` records the fixed depth (iters) the
-    cache was built at, for the models whose cached layers depend on it: a cache built at one
-    depth cannot serve another.
+    `layer(name)` and then `advance`s every layer's `length` by T. `depth` records the depth the
+    cache was built at (iters=k, or "adaptive"), for the models whose cached layers depend on it:
+    a cache built at one depth cannot serve another. `mode` says what an equilibrium model keeps
+    (MODES); `last_depth` (B,) the solver steps of each row's last position, from which an
+    adaptive solve of new tokens continues (prefix stopping: a token stops no earlier).
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, mode: str = "exact"):
         if capacity < 1:
             raise ValueError(f"a cache needs a capacity of at least one position, got {capacity}")
-        self.capacity, self.length = capacity, 0
-        self.depth: int | None = None
+        if mode not in MODES:
+            raise ValueError(f"cache mode {mode!r} is not one of {', '.join(MODES)}")
+        self.capacity, self.length, self.mode = capacity, 0, mode
+        self.depth: int | str | None = None
+        self.last_depth: Tensor | None = None
         self.layers: dict[Hashable, LayerKV] = {}
 
-    def layer(self, name: Hashable) -> LayerKV:
-        """The cache of the attention layer called `name` (made empty on first use)."""
+    def layer(self, name: Hashable, like: Hashable | None = None) -> LayerKV:
+        """The cache of the attention layer called `name`: made empty on first use, or, once
+        positions are held, as a copy of layer `like` (a solver step that no earlier position
+        took: each of them stopped before it, so its keys and values there are those of its
+        last step, held by `like`)."""
         kv = self.layers.get(name)
         if kv is None:
-            kv = self.layers[name] = LayerKV(self.capacity)
+            if self.length and like is None:
+                raise ValueError(f"layer {name!r} is new to a cache holding {self.length} positions")
+            kv = self.layers[name] = LayerKV(self.capacity) if not self.length else self.layers[like].copy()
         return kv
 
-    def check(self, t: int, depth: int | None = None) -> None:
+    def check(self, t: int, depth: int | str | None = None) -> None:
         """ValueError unless t more positions fit, and the depth is the cache's own (set by the
         first forward)."""
         if self.length + t > self.capacity:
@@ -81,5 +112,11 @@ class KVCache:
             raise ValueError(f"this cache was built at iters={self.depth}, not iters={depth}")
 
     def advance(self, t: int) -> None:
-        """Count t positions as held (after a forward has extended every layer by t)."""
+        """Count the t positions every layer was just extended by as held."""
         self.length += t
+        for kv in self.layers.values():
+            kv.length = self.length
+
+    def nbytes(self) -> int:
+        """Bytes of all the layers' buffers."""
+        return sum(kv.nbytes() for kv in self.layers.values())

@@ -48,6 +48,7 @@ def fixed_point(
     trace: bool = False,
     batch_dims: int = 1,
     prefix_stop: bool = False,
+    prefix_depth: Tensor | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """Solve z = f(z) for each sample and attach the chosen gradient.
 
@@ -73,6 +74,9 @@ def fixed_point(
         prefix_stop: with batch_dims=2, unit (b, t) stops only once units (b, 0..t) have all
             converged. If unit t of f(z) depends only on units <= t (causal attention), every
             unit's trajectory is then independent of later units: adaptive depth stays causal.
+        prefix_depth: (B,) int, with prefix_stop: continue a prefix-stopped solve whose earlier
+            units (a KV cache's tokens) were solved before and stopped after prefix_depth[b]
+            steps; no unit of sample b stops before that, as in one solve over the whole sequence.
     Returns:
         z: (B, *S) in z0's dtype, per sample the iterate with the lowest absolute residual
             ||f(z) - z|| among those meeting tol (among all if none does); finite whenever z0
@@ -98,7 +102,8 @@ def fixed_point(
     else:
         with torch.set_grad_enabled(unroll and torch.is_grad_enabled()):
             z, info = solve(f, z0 if unroll else z0.detach(), solver, tol=tol, max_iter=max_iter,
-                            min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop)
+                            min_iter=min_iter, trace=trace, batch_dims=batch_dims, prefix_stop=prefix_stop,
+                            prefix_depth=prefix_depth)
     if not bool(info.converged.all()):
         report_failure(info, on_fail, "fixed_point")
     if max_iter > 0 and torch.is_grad_enabled() and not unroll:

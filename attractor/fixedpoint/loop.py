@@ -86,6 +86,10 @@ class FixedPointInfo:
     Attributes:
         depth: (B,) int64 solver steps until the sample stopped (f was evaluated depth + 1 times).
             Called `iters` before 0.2.0.
+        first_met: (B,) int64 steps after which the sample's own residual first met tol (with
+            min_iter taken), `depth` if it never did. Below `depth` only where something else
+            held the unit back: prefix stopping, or a residual that rose again through f's
+            coupling of units. It is the unit's own depth (a token's, under prefix stopping).
         residual: (B,) float32/64 relative residual ||f(z) - z|| / ||f(z)|| at the returned z.
         converged: (B,) bool, residual < tol (or residual == 0, which tol=0 needs).
         status: (B,) int8 codes of `Status`.
@@ -101,6 +105,7 @@ class FixedPointInfo:
     status: Tensor
     n_evals: int
     tol: float
+    first_met: Tensor | None = None
     trace: Tensor | None = None
     backward: FixedPointInfo | None = None
 
@@ -198,6 +203,7 @@ def solve(
     trace: bool = False,
     batch_dims: int = 1,
     prefix_stop: bool = False,
+    prefix_depth: Tensor | None = None,
 ) -> tuple[Tensor, FixedPointInfo]:
     """The solver loop, without gradient attachment (see `fixed_point` for the arguments).
 
@@ -210,6 +216,9 @@ def solve(
                           f"{tuple(z0.shape)}")
     if prefix_stop and batch_dims != 2:
         raise ValueError("prefix_stop needs batch_dims=2: units (b, t) ordered along dim 1")
+    if prefix_depth is not None and not (prefix_stop and prefix_depth.shape == z0.shape[:1]):
+        raise ValueError(f"prefix_depth needs prefix_stop and one depth per sample {tuple(z0.shape[:1])}, "
+                         f"got {tuple(prefix_depth.shape)}")
     if z0.shape[0] == 0:
         raise ValueError(f"z0 must have at least one sample, got shape {tuple(z0.shape)}")
     if not z0.is_floating_point():
@@ -259,17 +268,22 @@ def solve(
         best_z, best_fz, best_res, best_gnorm, best_met = z, fz, res, gnorm, met(res)
         depth = torch.zeros(batch, dtype=torch.long, device=z.device)  # steps taken per unit
         nonfinite = ~finite_start if recording else None
+        # A continued prefix (a KV cache's earlier tokens, solved before): sample b's earlier
+        # units stopped after prefix_depth[b] steps, so none of its units stops before that.
+        floor = None if prefix_depth is None else prefix_depth.to(z.device).view(-1, 1).expand(units).flatten()
 
-        def stop_rule(res: Tensor, depth: Tensor) -> Tensor:
+        def stop_rule(res: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
             # Re-evaluated every step: when f couples units, a unit whose residual rises again
             # as its neighbours move resumes (independent samples never do).
-            stop = ~finite_start | (met(res) & (depth >= min_iter))
+            own = ~finite_start | (met(res) & (depth >= min_iter))
+            stop = own if floor is None else own & (depth >= floor)
             if prefix_stop:  # unit (b, t) stops only once (b, 0..t) have all stopped
                 stop = stop.view(units).cummin(dim=1).values.flatten()
-            return stop
+            return stop, own
 
         exploded = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        stopped = stop_rule(res, depth)
+        stopped, own = stop_rule(res, depth)
+        first_met = torch.where(own, depth, -1)
         history = [res] if trace else None
         state = solver.init(z, fz) if max_iter > 0 else None
     n_evals = 1
@@ -311,7 +325,8 @@ def solve(
             best_met = best_met | (better & now_met)
             better = better.unsqueeze(1)
             best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
-            stopped = stop_rule(res, depth)
+            stopped, own = stop_rule(res, depth)
+            first_met = torch.where((first_met < 0) & own, depth, first_met)
             if trace:
                 history.append(res)
 
@@ -331,6 +346,7 @@ def solve(
         status=status.view(units),
         n_evals=n_evals,
         tol=tol,
+        first_met=torch.where(first_met < 0, depth, first_met).view(units),
         trace=torch.stack(history, -1).detach().view(*units, -1) if trace else None,
     )
     z_out = best_z.view(shape).to(z0.dtype)

@@ -121,6 +121,9 @@ class Equilibrium(NamedTuple):
     y0: Tensor  # (B, *U) the start
     solve: SolveConfig  # solver, gradient mode, tol, min_iter, max_iter and the unit of stopping
     causal: bool  # unit t of f(y) depends only on units <= t; stop="token" then stops in prefix order
+    # (B,) a causal problem continuing a prefix solved before (a KV cache's tokens): the solver
+    # steps its last position took; no new token stops before them (see fixed_point)
+    prefix_depth: Tensor | None = None
 
 
 class SolveReport(NamedTuple):
@@ -158,7 +161,7 @@ def solve_equilibrium(problem: Equilibrium, iters: int | None = None,
         once every earlier one has (prefix stopping), so adaptive depth stays exactly causal.
         With stop="sample" a sample is one problem.
     """
-    f, y0, solve, causal = problem
+    f, y0, solve, causal, prefix_depth = problem
     batch = y0.shape[0]
     if iters is not None:
         y = y0
@@ -181,7 +184,7 @@ def solve_equilibrium(problem: Equilibrium, iters: int | None = None,
     y, info = fixed_point(watched, y0, solver=solve.solver, grad=solve.grad, tol=solve.tol,
                           max_iter=solve.max_iter, min_iter=solve.min_iter, on_fail="ignore",
                           trace=preview is not None, batch_dims=2 if per_token else 1,
-                          prefix_stop=per_token and causal)
+                          prefix_stop=per_token and causal, prefix_depth=prefix_depth)
     if preview is not None:
         residuals = info.trace.flatten(0, -2).max(0).values  # (n_evals,) the worst unit's
         for i in range(1, len(seen) - 1):
@@ -229,17 +232,30 @@ class EquilibriumStack(nn.Module):
         """
         return solve_equilibrium(self.equilibrium(x, y0), iters)
 
-    def unroll_cached(self, x: Tensor, y: Tensor, iters: int, cache: KVCache) -> Tensor:
-        """f applied exactly `iters` times to the new positions' y (B, T, D), their injection x,
-        against the cache: step k's block j attends to the keys and values cached as
-        ("stack", k, j), those of every earlier position's step-k iterate, so each new position
-        takes exactly the steps of the full forward's `iters` plain steps (up to rounding)."""
-        for k in range(iters):
+    def cached_map(self, x: Tensor, cache: KVCache):
+        """f(y) = H(y + x) - y for new positions continuing the cache, x (B, T, D) their injection.
+
+        The k-th evaluation's block j attends to the earlier positions' keys and values at their
+        own k-th evaluation, cached as ("stack", k, j) (cache.mode="exact": a step no earlier
+        position reached is a copy of step k-1, since a stopped position's iterate stays put),
+        or at their last one, ("stack", j) ("converged"), and writes the new positions' there.
+        With "exact" a new token's iterates are those of the full forward (up to rounding).
+        """
+        calls = 0
+
+        def f(y: Tensor) -> Tensor:
+            nonlocal calls
+            k, calls = calls, calls + 1
             h = y + x
             for j, block in enumerate(self.blocks):
-                h = block(h, cache.layer(("stack", k, j)))
-            y = h - y
-        return y
+                if cache.mode == "exact":
+                    layer = cache.layer(("stack", k, j), like=("stack", k - 1, j))
+                else:
+                    layer = cache.layer(("stack", j))
+                h = block(h, layer)
+            return h - y
+
+        return f
 
     def regularise(self, loss: Tensor | None, f, y: Tensor) -> Tensor | None:
         """loss + jac_penalty * (Hutchinson ||J||_F^2 / dim of the map f at y, mean over the batch)
@@ -316,8 +332,10 @@ class EquilibriumLM(TiedLM):
         raise NotImplementedError
 
     def can_cache(self, iters: int | None) -> bool:
-        """A KV cache serves a fixed depth iters=k (0 skips the solver); adaptive solves are not cached."""
-        return iters is not None
+        """A KV cache serves a fixed depth iters=k (0 skips the solver) and adaptive solves stopped
+        per token (prefix stopping: a position's iterates never depend on later ones); not an
+        adaptive solve stopped per sample, whose whole sequence is one problem."""
+        return iters is not None or self.cfg.solve.stop == "token"
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, *, iters: int | None = None,
                 cache: KVCache | None = None) -> ModelOutput:
@@ -331,9 +349,10 @@ class EquilibriumLM(TiedLM):
         Returns:
             ModelOutput: logits (B, T, V), loss (plus the Jacobian penalty, if configured),
             depth, n_evals, converged, info.
-        `cache` (a fixed iters=k only, without gradients): idx continues the cache's positions;
-        the lead blocks and each of the k steps of the stack attend to their cached keys and
-        values, and only idx's positions are computed (no solver: k plain steps).
+        `cache` (inference only, see `can_cache`): idx continues the cache's positions; the lead
+        blocks and every evaluation of the stack attend to their cached keys and values
+        (`EquilibriumStack.cached_map`), only idx's positions are computed, and an adaptive solve
+        continues the cached prefix's (none of idx's tokens stops before its last position did).
         """
         check_batch(idx, targets, self.cfg.vocab_size, self.cfg.seq_len)
         check_depth(iters, type(self).__name__)
@@ -347,18 +366,21 @@ class EquilibriumLM(TiedLM):
 
     def _cached_forward(self, idx: Tensor, targets: Tensor | None, iters: int | None, cache: KVCache) -> ModelOutput:
         if not self.can_cache(iters):
-            raise ValueError(f"{type(self).__name__}: a KV cache serves a fixed depth iters=k, not adaptive solves")
+            raise ValueError(f"{type(self).__name__}: a KV cache serves fixed depths and adaptive solves "
+                             "stopped per token, not solve.stop='sample'")
         if torch.is_grad_enabled() and self.training:
             raise ValueError(f"{type(self).__name__}: the cached forward is for inference (no gradient mode is attached)")
-        cache.check(idx.shape[1], iters)
+        cache.check(idx.shape[1], "adaptive" if iters is None else iters)
         x = self.embed(idx)
         for i, block in enumerate(self.lead):
             x = block(x, cache.layer(("lead", i)))
-        y = self.stack.unroll_cached(x, self.start(x), iters, cache)
+        problem = Equilibrium(self.stack.cached_map(x, cache), self.start(x), self.cfg.solve, True, cache.last_depth)
+        y, report = solve_equilibrium(problem, iters)
+        if report.info is not None:
+            cache.last_depth = report.info.depth[:, -1]
         cache.advance(idx.shape[1])
         logits, loss = self.decode(y, targets)
-        depth = torch.full((idx.shape[0],), iters, dtype=torch.long, device=idx.device)
-        return ModelOutput(logits, loss, depth=depth, n_evals=iters)
+        return ModelOutput(logits, loss, **report._asdict())
 
     def flops_per_token(self, out: ModelOutput | float | None = None) -> float:
         """Forward FLOPs per token: of a forward's evaluations (its ModelOutput, or a number of

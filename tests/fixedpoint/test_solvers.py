@@ -265,6 +265,45 @@ def test_prefix_stop_makes_adaptive_depth_exactly_causal(solver, gen64):
     assert (info1.depth.diff(dim=1) >= 0).all()
 
 
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_prefix_depth_continues_a_prefix_stopped_solve(solver, gen64):
+    """Solve units 0..3, then 4..5 alone against the prefix's recorded iterates (what a KV cache
+    keeps): with prefix_depth the suffix takes exactly the full solve's steps and iterates."""
+    _, b, blocks = causal_linear(2, 6, 4, gen64)
+    blocks[4:] *= 0.01  # a suffix that alone would meet tol sooner than its prefix
+
+    def f(z):
+        return torch.einsum("tsij,bsj->bti", blocks, z) + b
+
+    kw = dict(solver=solver, tol=1e-6, max_iter=200, batch_dims=2, prefix_stop=True)
+    z_full, full = fixed_point(f, torch.zeros_like(b), **kw)
+    seen = []  # the prefix's evaluation points, one per call
+
+    def head(z):
+        seen.append(z.clone())
+        return torch.einsum("tsij,bsj->bti", blocks[:4, :4], z) + b[:, :4]
+
+    z_head, info_head = fixed_point(head, torch.zeros_like(b[:, :4]), **kw)
+
+    def tail(z):  # call k sees the prefix at its k-th point (its last once it has stopped)
+        k = min(tail.calls, len(seen) - 1)
+        tail.calls += 1
+        whole = torch.cat([seen[k], z], 1)
+        return torch.einsum("tsij,bsj->bti", blocks[4:], whole) + b[:, 4:]
+
+    tail.calls = 0
+    z_tail, info_tail = fixed_point(tail, torch.zeros_like(b[:, 4:]), **kw, prefix_depth=info_head.depth[:, -1])
+    assert torch.equal(info_tail.depth, full.depth[:, 4:])
+    torch.testing.assert_close(torch.cat([z_head, z_tail], 1), z_full, rtol=0, atol=1e-12)
+    # without it the suffix may stop before its prefix did: depth is no longer the full solve's
+    tail.calls = 0
+    _, alone = fixed_point(tail, torch.zeros_like(b[:, 4:]), **kw)
+    assert bool((alone.depth <= full.depth[:, 4:]).all()) and not torch.equal(alone.depth, full.depth[:, 4:])
+    assert bool((full.first_met <= full.depth).all())
+    with pytest.raises(ValueError, match="prefix_depth"):
+        fixed_point(f, torch.zeros_like(b), solver=solver, batch_dims=2, prefix_depth=info_head.depth[:, -1])
+
+
 def test_coupled_units_without_prefix_stop_still_reach_a_joint_fixed_point(gen64):
     f, b, _ = causal_linear(2, 6, 4, gen64)
     z, info = fixed_point(f, torch.zeros_like(b), solver="anderson", tol=1e-8, max_iter=300, batch_dims=2)
