@@ -64,7 +64,8 @@ class LayerKV:
 # "exact": every solver step's keys and values, so a new token's step k sees what it sees in the
 #          full forward (the same tokens and logits up to rounding);
 # "converged": only each position's last iterate's, so a new token iterates against the prefix's
-#          fixed points (one layer per block instead of one per step: close, not exact).
+#          fixed points and stops on its own residual, not after its prefix's steps (one layer
+#          per block instead of one per step, and fewer steps: close, not exact).
 MODES = ("exact", "converged")
 
 

@@ -7,9 +7,12 @@ solves' depth, which on random weights is what random weights give). For each to
 generated (G = 32, 8 with --quick), so the last token sees a context of L. Two numbers per run:
 - first token ms: the prompt's forward and the first new token (the cache's prefill);
 - tokens/s: the G - 1 tokens after the first, per second (decoding at a context near L).
-Every configuration runs with `cache=True` (the default of `attractor generate`) and `cache=False`
-(`--no-cache`: the whole context re-run for each token). Adaptive solves (iters unset on an
-Attractor or a DEQ) have no cache in the library: both of their columns are the full recompute.
+Every configuration runs with its cache (the default of `attractor generate`: "exact", or
+"converged" where the row says so, `--cache converged`) and with `cache=False` (`--no-cache`: the
+whole context re-run for each token). An adaptive solve's exact cache holds every solver step's
+keys and values and continues its prefix's solve, so a token takes at least its prefix's steps
+(prefix stopping); the converged cache holds each position's last iterate only and lets a token
+stop on its own residual (attractor.kvcache).
 
 The presets' seq_len is 256; where L is longer the model is built with seq_len = L (the byte
 models use rotary positions, so only the cache's capacity changes), so that no run slides its
@@ -58,18 +61,21 @@ class Model:
     key: str  # what --models names
     family: str  # preset family: family-1m, family-5m
     iters: int | None  # None: the model's own rule (adaptive solve; the looped model's mean_loops)
+    cache: str = "exact"  # the cache mode of the cached runs (attractor.kvcache.MODES)
 
     def label(self, size: str) -> str:
         if self.iters is not None:
             depth = f"iters={self.iters}"
         else:
             depth = "adaptive" if self.family in ("attractor", "deq") else "mean_loops"
-        return f"{self.family}-{size}" + ("" if self.family == "transformer" else f", {depth}")
+        mode = "" if self.cache == "exact" else f", {self.cache} cache"
+        return f"{self.family}-{size}" + ("" if self.family == "transformer" else f", {depth}") + mode
 
 
 MODELS = [Model("transformer", "transformer", None), Model("attractor-0", "attractor", 0),
           Model("attractor-1", "attractor", 1), Model("attractor-adaptive", "attractor", None),
-          Model("deq-1", "deq", 1), Model("deq-adaptive", "deq", None), Model("looped", "looped", None)]
+          Model("attractor-converged", "attractor", None, "converged"), Model("deq-1", "deq", 1),
+          Model("deq-adaptive", "deq", None), Model("looped", "looped", None)]
 
 
 def make(model: Model, size: str, length: int) -> nn.Module:
@@ -82,7 +88,7 @@ def prompt_of(length: int, new: int) -> list[int]:
     return torch.randint(0, 256, (length - new,), generator=gen).tolist()
 
 
-def run_once(net: nn.Module, iters: int | None, prompt: list[int], new: int, cache: bool):
+def run_once(net: nn.Module, iters: int | None, prompt: list[int], new: int, cache: bool | str):
     """(first-token seconds, tokens/s after the first, mean depth of the new tokens or None)."""
     start = time.perf_counter()
     first, depths = None, []
@@ -100,7 +106,7 @@ def memory_child(argv: list[str]) -> None:
     key, size, length, cache, new, threads = argv
     torch.set_num_threads(int(threads))
     model = next(m for m in MODELS if m.key == key)
-    length, new, cache = int(length), int(new), cache == "1"
+    length, new, cache = int(length), int(new), cache == "1" and model.cache
     net = make(model, size, length)
     list(stream(net, prompt_of(16, 2), max_new_tokens=2, iters=model.iters, temperature=0, cache=cache))  # warm-up
     prompt = prompt_of(length, new)
@@ -123,7 +129,7 @@ def measure(models: list[Model], size: str, lengths: list[int], new: int, rounds
     for (key, n), net in nets.items():  # warm-up: every path once, short
         m = next(x for x in models if x.key == key)
         for cache in (True, False):
-            run_once(net, m.iters, prompt_of(16, 3), 3, cache)
+            run_once(net, m.iters, prompt_of(16, 3), 3, cache and m.cache)
     results: dict[tuple[str, int, bool], list] = {}
     for r in range(rounds):
         for n in lengths:
@@ -131,7 +137,7 @@ def measure(models: list[Model], size: str, lengths: list[int], new: int, rounds
             for m in order:
                 for cache in ((True, False) if r % 2 == 0 else (False, True)):
                     results.setdefault((m.key, n, cache), []).append(
-                        run_once(nets[(m.key, n)], m.iters, prompt_of(n, new), new, cache))
+                        run_once(nets[(m.key, n)], m.iters, prompt_of(n, new), new, cache and m.cache))
     return results
 
 

@@ -1,5 +1,5 @@
 """Start-up: building a model on the meta device (`attractor models`, loading a checkpoint for
-`attractor generate`) must not import torch._dynamo, which costs over a second (issue 22)."""
+`attractor generate`) must not import torch._dynamo, which costs over a second."""
 
 from __future__ import annotations
 

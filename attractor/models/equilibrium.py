@@ -374,7 +374,11 @@ class EquilibriumLM(TiedLM):
         x = self.embed(idx)
         for i, block in enumerate(self.lead):
             x = block(x, cache.layer(("lead", i)))
-        problem = Equilibrium(self.stack.cached_map(x, cache), self.start(x), self.cfg.solve, True, cache.last_depth)
+        # "exact" continues the prefix's solve (its tokens stop no earlier than the last cached
+        # one, as in the full forward); "converged" solves the new tokens against a prefix at rest,
+        # so each stops on its own residual.
+        floor = cache.last_depth if cache.mode == "exact" else None
+        problem = Equilibrium(self.stack.cached_map(x, cache), self.start(x), self.cfg.solve, True, floor)
         y, report = solve_equilibrium(problem, iters)
         if report.info is not None:
             cache.last_depth = report.info.depth[:, -1]
