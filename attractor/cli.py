@@ -7,9 +7,12 @@ puzzle datasets and solve puzzles. Run it as `attractor <command>` or `python -m
                     [--log-every N] [--checkpoint-every N] [--eval-every N] [--resume]
     attractor eval [--checkpoint] DIR [--iters 0,1,2,4,8,adaptive] [--batches N] [--json] [--plot FILE]
                     (puzzle runs: [--steps 1,2,4,all] [--puzzles N] instead of --batches)
+    attractor eval DIR --tasks NAME,... [--include-path DIR] [--limit N] [--iters adaptive] [--json]
+                    (lm-evaluation-harness tasks, offline)
     attractor generate [--checkpoint] DIR --prompt TEXT|--prompt-file FILE [--num-samples N] [--batch-size B]
                     [--max-new-tokens N] [--iters K] [--no-cache | --cache MODE] [--temperature T] [--top-k K] [--top-p P]
                     [--seed S] [--json | --show-depth]   (one result prints as it goes; Ctrl-C keeps it)
+    attractor export DIR --out HFDIR [--batches N] [--force]   (safetensors, config, tokenizer, model card)
     attractor demo [--out runs/demo] [--steps N]
     attractor sudoku rate FILE | generate --count N [--rating LO:HI] [--seed S] [--out FILE]
     attractor maze generate --count N [--size 30] [--min-path L] [--seed S] [--csv] [--out FILE]
@@ -99,10 +102,19 @@ def _one_of(flag, positional, what: str):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Validation loss and perplexity of a checkpoint at each depth, with solve statistics; for a
-    puzzle checkpoint exact and cell accuracy on the test split, by depth, supervision steps and rating."""
+    puzzle checkpoint exact and cell accuracy on the test split, by depth, supervision steps and rating;
+    with --tasks, lm-evaluation-harness tasks at each depth."""
     from attractor.evaluate import parse_depths
     from attractor.run import load_run
 
+    tasks = args.tasks is not None
+    # flags of the other mode are refused by name (before the checkpoint loads)
+    wrong = ((args.batches, "--batches"), (args.puzzles, "--puzzles"), (args.data, "--data"), (args.plot, "--plot")) \
+        if tasks else ((args.include_path, "--include-path"), (args.limit, "--limit"))
+    for value, flag in wrong:
+        if value is not None:
+            raise ConfigError(f"{flag} is for the validation sweep, not --tasks" if tasks
+                              else f"{flag} goes with --tasks")
     if args.plot:  # checked before the evaluation, which can take minutes
         from attractor.io import check_writable_file
 
@@ -111,14 +123,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         raise ConfigError("name the checkpoint or run directory to evaluate: attractor eval RUN")
     try:
-        depths = parse_depths(args.iters)
+        depths = parse_depths(args.iters if args.iters is not None else "adaptive" if tasks else "0,1,2,4,8,adaptive")
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    for value, flag in ((args.batches, "--batches"), (args.puzzles, "--puzzles")):
+    for value, flag in ((args.batches, "--batches"), (args.puzzles, "--puzzles"), (args.limit, "--limit")):
         if value is not None:
             _positive(value, flag)
+    if tasks:
+        return _eval_tasks(args, depths)
     model, vocab, run, step = load_run(args.checkpoint, settings=args.set)
     return EVAL_TABLES[run.task.evaluator](args, model, run, step, depths, vocab)
+
+
+def _eval_tasks(args: argparse.Namespace, depths: list[int | None]) -> int:
+    """`attractor eval --tasks`: lm-evaluation-harness tasks (attractor.harness) at each depth,
+    one row per depth, task and metric. Nothing is downloaded: the tasks' data must come from
+    --include-path configs or the datasets cache."""
+    import os
+
+    from attractor.run import load_run
+
+    names = [n.strip() for n in args.tasks.split(",") if n.strip()]
+    if not names:
+        raise ConfigError("--tasks: give at least one task name")
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):  # read when `datasets` is imported: set them first
+        os.environ.setdefault(name, "1")
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        _report("attractor: error: --tasks needs lm-evaluation-harness: pip install 'attractor-models[eval]'")
+        return 1
+    from attractor.harness import AttractorHarnessLM, evaluate_tasks, task_manager
+
+    manager = task_manager(names, args.include_path)  # an unknown name fails before the checkpoint loads
+    model, tokenizer, run, step = load_run(args.checkpoint, settings=args.set)
+    if not run.task.continues_text:
+        raise ConfigError(f"{args.checkpoint} holds a {run.task.model_kind}: --tasks needs a language model")
+    rows = []
+    for iters in depths if model.has_depth else [None]:
+        lm = AttractorHarnessLM(model=model, tokenizer=tokenizer, iters=iters)
+        rows += [{"iters": "adaptive" if iters is None else iters, **row}
+                 for row in evaluate_tasks(lm, names, manager, limit=args.limit)]
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "step": step, "family": type(model).__name__,
+                          "limit": args.limit, "tasks": rows}))
+        return 0
+    width = max(len("task"), *(len(r["task"]) for r in rows))
+    metric = max(len("metric"), *(len(r["metric"]) for r in rows))
+    limit = f", the first {args.limit} documents of each task" if args.limit else ""
+    print(f"{type(model).__name__} at step {step}{limit}")
+    print(f"{'iters':>9} {'task':<{width}} {'metric':<{metric}} {'value':>11} {'stderr':>11}")
+    for r in rows:  # 6 significant digits: accuracies and perplexities in the millions alike
+        stderr = "-" if r["stderr"] is None else f"{r['stderr']:.6g}"
+        print(f"{r['iters']!s:>9} {r['task']:<{width}} {r['metric']:<{metric}} {r['value']:11.6g} {stderr:>11}")
+    return 0
 
 
 def _eval_text(args: argparse.Namespace, model, run, step: int, depths: list[int | None], tokenizer) -> int:
@@ -441,6 +499,34 @@ class DepthView:
         return f"depth (solver iterations per token): {keys}"
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a language model run's model as a folder to share: model.safetensors, config.json,
+    tokenizer.json and a model card with its validation loss and depth sweep (attractor/hub.py)."""
+    from attractor import hub
+    from attractor.data import prepare
+    from attractor.evaluate import depth_sweep
+    from attractor.io import size_text
+    from attractor.run import load_run, validation
+
+    _positive(args.batches, "--batches")
+    hub.check_new_folder(args.out, args.force)  # before the evaluation, which can take minutes
+    model, tokenizer, run, step = load_run(args.run)
+    if not run.task.continues_text:
+        raise ConfigError(f"{args.run} holds a {run.task.model_kind} ({type(model).__name__}); export writes language "
+                          "models, with their tokenizer and validation loss (any model saves with "
+                          "attractor.hub.hub_model(model).save_pretrained(DIR))")
+    run_val = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_batches=args.batches))
+    rows = depth_sweep(model, validation(run_val, prepare(run.data, progress=False)), hub.SWEEP_DEPTHS)
+    card = hub.model_card(model, tokenizer=tokenizer, run=run, step=step, sweep=rows, batches=args.batches)
+    paths = hub.write_new_folder(args.out, model, tokenizer=tokenizer, card=card, force=args.force)
+    own = next(r for r in rows if r["iters"] == "adaptive")
+    print(f"exported {type(model).__name__} at step {step} to {args.out}: "
+          + ", ".join(f"{p.name} ({size_text(p.stat().st_size)})" for p in paths))
+    print(f"validation loss {own['val_loss']:.4f} on {args.batches} batches ({own['val_tokens']} tokens); "
+          f"load it with attractor.from_pretrained({str(args.out)!r})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train an Attractor and a Transformer on the embedded corpus; compare, sweep, sample, plot."""
     from pathlib import Path
@@ -599,7 +685,7 @@ DATA_BUILDERS = {"sudoku": _data_puzzles, "maze": _data_puzzles, "sudoku-extreme
                  "maze-hard": _data_puzzles, "parity": _data_parity, "maze-sizes": _data_maze_sizes}
 SOLVE_KINDS = {"sudoku": _solve_grid, "maze": _solve_grid, "parity": _solve_parity}
 COMMANDS = {"models": cmd_models, "train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "demo": cmd_demo,
-            "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data, "solve": cmd_solve}
+            "sudoku": cmd_sudoku, "maze": cmd_maze, "data": cmd_data, "solve": cmd_solve, "export": cmd_export}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -630,7 +716,8 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help=cmd_eval.__doc__)
     ev.add_argument("run", nargs="?", metavar="RUN", help="a checkpoint or a run directory (its newest)")
     ev.add_argument("--checkpoint", help="the same, as an option")
-    ev.add_argument("--iters", default="0,1,2,4,8,adaptive", help="depths to evaluate, comma-separated")
+    ev.add_argument("--iters", help="depths to evaluate, comma-separated (default: 0,1,2,4,8,adaptive; "
+                    "with --tasks adaptive)")
     ev.add_argument("--batches", type=int, help="validation batches (default: the run's eval_batches)")
     ev.add_argument("--puzzles", type=int, help="puzzle checkpoints: the first N test puzzles (default: all)")
     ev.add_argument("--data", help="puzzle checkpoints: evaluate on this dataset's test split (same kind and "
@@ -641,6 +728,10 @@ def parser() -> argparse.ArgumentParser:
                     help="change the saved config before evaluating, e.g. min_iter=1 or solver=picard (repeatable)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--plot", help="write the depth sweep as an image (needs matplotlib)")
+    ev.add_argument("--tasks", metavar="NAME,...", help="lm-evaluation-harness tasks, groups or tags instead of "
+                    "the validation sweep (needs the eval extra; offline: their data must be on this machine)")
+    ev.add_argument("--include-path", metavar="DIR", help="with --tasks: a folder of your own task configs (YAML)")
+    ev.add_argument("--limit", type=int, metavar="N", help="with --tasks: the first N documents of each task")
 
     gen = sub.add_parser("generate", help=cmd_generate.__doc__)
     gen.add_argument("run", nargs="?", metavar="RUN", help="a checkpoint or a run directory (its newest)")
@@ -669,6 +760,12 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache", choices=("exact", "converged"), default="exact", help="what an equilibrium model's cache keeps: "
                      "every solver step's keys and values (exact, the default) or only each earlier "
                      "position's last iterate's (converged: less memory, close to the full forward, not exact)")
+    ex = sub.add_parser("export", help=cmd_export.__doc__)
+    ex.add_argument("run", metavar="DIR", help="a language model's checkpoint or run directory (its newest)")
+    ex.add_argument("--out", required=True, metavar="HFDIR", help="the folder to write (missing or empty)")
+    ex.add_argument("--batches", type=int, default=4, help="validation batches the card's losses are measured on "
+                    "(default 4)")
+    ex.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     dm = sub.add_parser("demo", help=cmd_demo.__doc__)
     dm.add_argument("--out", default="runs/demo")
     dm.add_argument("--steps", type=int, default=300, help="training steps per model")

@@ -37,6 +37,7 @@ from attractor.config import RunConfig, apply_settings
 from attractor.data import Tokenizer
 from attractor.errors import ConfigError, Interrupted
 from attractor.models import from_config, meta_model
+from attractor.models.registry import with_weights
 from attractor.train import Callbacks, Trainer, check_device, distributed, pick_device, write_jsonl
 
 
@@ -58,14 +59,12 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", settings: 
     ckpt = io.load_checkpoint(path, with_state=False)
     saved = RunConfig.from_dict(ckpt.config)
     run = apply_settings(saved, list(settings))
-    model = meta_model(run.model)
     try:
-        model.load_state_dict(ckpt.model_state, assign=True)
+        model = with_weights(run.model, ckpt.model_state)
     except RuntimeError as err:
         raise _misfit(ckpt, saved, list(settings), err) from None
-    for name, buffer in model.named_buffers():
-        if buffer.is_meta:
-            raise io.CheckpointError(f"{ckpt.path}: buffer {name} missing from the weights")
+    except ValueError as err:
+        raise io.CheckpointError(f"{ckpt.path}: {err}") from None
     vocab = run.task.vocab_from_json(ckpt.tokenizer_json, where=str(ckpt.path))
     return model.to(pick_device(device, 0)).eval(), vocab, run, ckpt.step
 

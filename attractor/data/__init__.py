@@ -6,19 +6,35 @@
     idx, targets = next(batches)            # (32, 256) int64 each
 
 See docs/data.md. Imports nothing above itself (no models, tasks or trainer).
+
+The names below load their module on first use, so that reading a tokenizer
+(`attractor.data.tokenizer`, as `attractor.from_pretrained` does) does not load the corpora,
+shards and puzzle code.
 """
 
-from attractor.data.batches import TokenBatches, val_batches
-from attractor.data.corpus import Corpus, kjv_documents, open_corpus
-from attractor.data.shards import DataConfig, PreparedData, cache_key, prepare
-from attractor.data.tokenizer import Tokenizer, bytes_tokenizer, load_tokenizer, tokenizer_from_json, train_bpe
+import importlib
 
-__all__ = ["Corpus", "DataConfig", "PreparedData", "TokenBatches", "Tokenizer", "bytes_tokenizer", "cache_key",
-           "kjv_documents", "load_tokenizer", "open_corpus", "prepare", "tokenizer_from_json", "train_bpe",
-           "val_batches"]
+# Each public name and the module that defines it.
+_HOME = {
+    "TokenBatches": "batches", "val_batches": "batches",
+    "Corpus": "corpus", "kjv_documents": "corpus", "open_corpus": "corpus",
+    "DataConfig": "shards", "PreparedData": "shards", "cache_key": "shards", "prepare": "shards",
+    "Tokenizer": "tokenizer", "bytes_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "tokenizer_from_json": "tokenizer", "train_bpe": "tokenizer",
+    # Puzzle data (docs/data.md, "Puzzles"): Sudoku solver/rater/generator, mazes, augmentations, datasets.
+    "build_maze": "puzzles", "build_sudoku": "puzzles", "load_puzzles": "puzzles",
+}
+_MODULES = ("augment", "maze", "puzzles", "sudoku")
 
-# Puzzle data (docs/data.md, "Puzzles"): Sudoku solver/rater/generator, mazes, augmentations, datasets.
-from attractor.data import augment, maze, puzzles, sudoku  # noqa: E402
-from attractor.data.puzzles import build_maze, build_sudoku, load_puzzles  # noqa: E402
+__all__ = sorted([*_HOME, *_MODULES])
 
-__all__ += ["augment", "build_maze", "build_sudoku", "load_puzzles", "maze", "puzzles", "sudoku"]
+
+def __getattr__(name: str):
+    if name in _HOME:
+        value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups find it without this function
+    return value

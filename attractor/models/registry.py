@@ -349,6 +349,18 @@ def meta_model(cfg) -> nn.Module:
         return from_config(cfg)
 
 
+def with_weights(cfg, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model a config describes holding the tensors of `state` (a state_dict), assigned
+    rather than copied: no initialisation and no second copy in memory. load_state_dict's
+    RuntimeError where they do not fit; ValueError naming a buffer that `state` lacks."""
+    model = meta_model(cfg)
+    model.load_state_dict(state, assign=True)
+    for name, buffer in model.named_buffers():
+        if buffer.is_meta:
+            raise ValueError(f"buffer {name} missing from the weights")
+    return model
+
+
 def family_of(cfg) -> str:
     """The family tag of a model config ('attractor', 'trm', ...)."""
     return next(tag for tag, cls in FAMILIES.items() if type(cfg) is cls)
