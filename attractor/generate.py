@@ -271,10 +271,13 @@ class Generated(NamedTuple):
 def generate_batches(model: nn.Module, prompts: list[list[int]], *, seeds: list[int] | None = None,
                      max_new_tokens: int = 200, iters: int | None = None, temperature: float = 1.0,
                      top_k: int | None = None, top_p: float | None = None, cache: bool | str = True,
-                     batch_size: int = 8) -> Iterator[tuple[int, Generated]]:
+                     batch_size: int = 8, stop: Callable[[list[int]], bool] | None = None
+                     ) -> Iterator[tuple[int, Generated]]:
     """Continue several prompts, batch_size rows at a time, yielding (index, Generated) in the
     prompts' order as each batch ends. Row i draws with seeds[i] (default: i), so each result is
-    `sample(model, prompts[i], seed=seeds[i], ...)` with the same options, up to rounding.
+    `sample(model, prompts[i], seed=seeds[i], ...)` with the same options, up to rounding: with
+    `stop`, its first tokens up to the first new token after which stop(new tokens so far) is
+    true (a stop string decoded, say); a group of rows ends once every row has stopped.
 
     The prompts go in consecutive chunks of batch_size; a chunk is one Batch where it can be
     (uncached, right-padded: different lengths together), else one Batch per prompt length (the
@@ -291,11 +294,11 @@ def generate_batches(model: nn.Module, prompts: list[list[int]], *, seeds: list[
     cached = uses_cache(model, iters, cache)
     padded = not cached and shares_padding(model, iters)
     return _generate_batches(model, prompts, seeds, max_new_tokens, iters, temperature, top_k, top_p, cache,
-                             batch_size, padded)
+                             batch_size, padded, stop)
 
 
 def _generate_batches(model, prompts, seeds, max_new_tokens, iters, temperature, top_k, top_p, cache, batch_size,
-                      padded) -> Iterator[tuple[int, Generated]]:
+                      padded, stop) -> Iterator[tuple[int, Generated]]:
     for first in range(0, len(prompts), batch_size):
         chunk = range(first, min(first + batch_size, len(prompts)))
         groups: dict[int, list[int]] = {}
@@ -304,11 +307,16 @@ def _generate_batches(model, prompts, seeds, max_new_tokens, iters, temperature,
         done: dict[int, Generated] = {}
         for rows in groups.values():
             results = [Generated([], []) for _ in rows]
+            stopped = [False] * len(rows)
             for tokens, depths in _steps(model, [prompts[i] for i in rows], max_new_tokens, iters, temperature,
                                          top_k, top_p, [seeds[i] for i in rows], cache):
-                for r, t, d in zip(results, tokens, depths):
-                    r.tokens.append(t)
-                    r.depths.append(d)
+                for j, (r, t, d) in enumerate(zip(results, tokens, depths)):
+                    if not stopped[j]:
+                        r.tokens.append(t)
+                        r.depths.append(d)
+                        stopped[j] = stop is not None and stop(r.tokens)
+                if all(stopped):
+                    break
             done.update(zip(rows, results))
         for i in chunk:
             yield i, done[i]

@@ -152,8 +152,11 @@ class AttractorHarnessLM(LM):
             prompts = [self.tokenizer.encode(requests[i].args[0]) for i in rows]
             if not all(prompts):
                 raise ValueError("generate_until needs a context of at least one token")
+            def stop(tokens: list[int], until: list[str] = until) -> bool:  # a row ends at its first stop string
+                return any(s in self.tokenizer.decode(tokens) for s in until)
+
             results = generate_batches(self.model, prompts, seeds=[seed] * len(rows), iters=self.iters,
-                                       batch_size=self.batch_size, **options)
+                                       batch_size=self.batch_size, stop=stop if until else None, **options)
             for j, generated in results:
                 text = self.tokenizer.decode(generated.tokens)
                 out[rows[j]] = text[:min([text.find(s) for s in until if s in text], default=len(text))]

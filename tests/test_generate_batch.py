@@ -65,6 +65,25 @@ def test_rows_of_different_lengths_are_grouped_where_they_cannot_be_padded():
     assert all(d == 2 for r in results.values() for d in r.depths)
 
 
+@pytest.mark.parametrize("iters", [2, None])
+def test_stop_ends_each_row_at_its_own_token_and_the_group_when_all_have(iters):
+    model = build("attractor", 32)
+    full = dict(generate_batches(model, PROMPTS, seeds=[0] * 4, max_new_tokens=12, iters=iters, temperature=0))
+    ends = {i: 3 + i for i in range(4)}  # row i stops after 3 + i tokens
+    calls = []
+
+    def stop(tokens):
+        calls.append(len(tokens))
+        return any(len(tokens) == end and tokens == full[i].tokens[:end] for i, end in ends.items())
+
+    cut = dict(generate_batches(model, PROMPTS, seeds=[0] * 4, max_new_tokens=12, iters=iters, temperature=0,
+                                stop=stop))
+    for i, result in cut.items():
+        assert result.tokens == full[i].tokens[:len(result.tokens)] and len(result.depths) == len(result.tokens)
+        assert len(result.tokens) <= ends[i]
+    assert max(calls) <= max(ends.values())  # no row asked past the last row's stop: the group ended
+
+
 def test_top_p():
     for bad in (0.0, -0.5, 1.5, float("nan")):
         with pytest.raises(ValueError, match="top_p"):
