@@ -71,6 +71,15 @@ def test_export_loads_back_into_the_same_model(exports, preset):
                                                                               temperature=0)
 
 
+def test_generate_takes_an_exported_folder_as_it_takes_the_run(exports, capsys):
+    run, folder = exports["attractor-1m"]
+    argv = ["--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0", "--json"]
+    assert main(["generate", str(run), *argv]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["generate", str(folder), *argv]) == 0
+    assert capsys.readouterr().out == from_run and '"tokens"' in from_run
+
+
 @pytest.mark.parametrize("preset", ["attractor-1m", "transformer-1m"])
 def test_the_card_holds_the_numbers_attractor_eval_prints(exports, capsys, preset):
     run, folder = exports[preset]
