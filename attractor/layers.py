@@ -231,8 +231,27 @@ def norm_rotary(x: Tensor, base: float = 10000.0, pos: int = 0) -> Tensor:
     return rotary(rms_norm(x), base=base, pos=pos)
 
 
+def grid_rotary(x: Tensor, prefix: int, side: int, base: float = 10000.0) -> Tensor:
+    """2-D RoPE on x (..., T, K), T = prefix + side * side: the last side * side positions are the
+    cells of a square grid, row by row; the first half of each head is rotated by the cell's row,
+    the second half by its column (so a score depends on the row and column offsets, whatever the
+    side), and the `prefix` positions before the grid are left as they are (angle 0, the same
+    as cell (0, 0)). K must be a multiple of 4 (each half is itself rotated in pairs).
+    """
+    t, k = x.shape[-2], x.shape[-1]
+    if k % 4:
+        raise ValueError(f"2-D rotary embeddings need a head size divisible by 4, got {k}")
+    if t != prefix + side * side:
+        raise ValueError(f"{t} positions are not a prefix of {prefix} and a {side}x{side} grid")
+    head, cells = x.split([prefix, side * side], dim=-2)
+    cells = cells.unflatten(-2, (side, side))  # (..., s, s, K)
+    rows = rotary(cells[..., : k // 2], t_dim=-3, base=base)  # positions along the rows' dim
+    cols = rotary(cells[..., k // 2:], t_dim=-2, base=base)
+    return torch.cat([head, torch.cat([rows, cols], dim=-1).flatten(-3, -2)], dim=-2)
+
+
 def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
-              fused: bool = False, pos: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+              fused: bool = False, pos: int = 0, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Attention's q, k and v from the qkv projection (B, T, 3D), channels [q heads | k heads |
     v heads]: q and k normed and rotated, v a view of qkv; (B, H, T, K) each.
 
@@ -243,10 +262,15 @@ def qkv_heads(qkv: Tensor, n_head: int, base: float = 10000.0,
     in order and writing q and k laid out as (B, T, H, K), so that attention's output needs no
     copy for the projection; the backward writes dL/dqkv whole, where autograd would stack q and
     k's gradients and concatenate v's. `pos`: the first position's index (tokens after a KV
-    cache); positions after 0 take the eager path.
+    cache); positions after 0 take the eager path. `grid`: (prefix, side), the positions are a
+    prefix and the cells of a square grid, rotated by grid_rotary (eager) instead of along a line.
     """
     b, t, d3 = qkv.shape
     d, size = d3 // 3, d3 // (3 * n_head)  # width, head size K
+    if grid is not None:
+        qk, v = qkv.split([2 * d, d], dim=-1)
+        q, k = grid_rotary(rms_norm(qk.view(b, t, 2, n_head, size).permute(2, 0, 3, 1, 4)), *grid, base).unbind(0)
+        return q, k, v.view(b, t, n_head, size).transpose(1, 2)
     if fused and not pos and kernels.active_for(qkv) and qkv.stride(-1) == 1:
         if size % 2:
             raise ValueError(f"rotary embeddings need an even head size, got {size}")
@@ -296,33 +320,60 @@ class _QKVHeads(torch.autograd.Function):
         return torch.cat([gqk, gv.transpose(1, 2).reshape(b, t, d3 // 3)], dim=-1), None, None, None
 
 
-class Attention(FusedPath, nn.Module):
-    """Multi-head self-attention with QK-norm and RoPE; causal or bidirectional."""
+def window_mask(t: int, window: int, causal: bool, device: torch.device | None = None) -> Tensor:
+    """(T, T) bool, True where query i may attend to key j: |i - j| <= window (and j <= i if causal)."""
+    i = torch.arange(t, device=device)
+    offset = i[:, None] - i[None, :]  # (T, T) i - j
+    return (offset.abs() <= window) & (offset >= 0 if causal else True)
 
-    def __init__(self, d: int, n_head: int, causal: bool):
+
+class Attention(FusedPath, nn.Module):
+    """Multi-head self-attention with QK-norm and RoPE; causal or bidirectional.
+
+    Options, off by default (the block is then exactly the one above; the growing tasks' maps try
+    them, docs/results-reasoning.md): `window` w restricts attention to keys within w positions,
+    |i - j| <= w (a mask); `qk_gain` multiplies each head's normed queries by a learnable exp(s),
+    s starting at 0, so the logits are no longer capped at sqrt(K) by the QK-norm.
+    """
+
+    def __init__(self, d: int, n_head: int, causal: bool, window: int | None = None, qk_gain: bool = False):
         super().__init__()
         if d % n_head:
             raise ValueError(f"d={d} must be divisible by n_head={n_head}")
-        self.n_head, self.causal = n_head, causal
+        if window is not None and window < 0:
+            raise ValueError(f"window={window} must be >= 0 or None")
+        self.n_head, self.causal, self.window = n_head, causal, window
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.proj = nn.Linear(d, d, bias=False)
+        self.log_gain = nn.Parameter(torch.zeros(n_head)) if qk_gain else None  # (H,) s of the gain exp(s)
 
-    def forward(self, x: Tensor, cache: LayerKV | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: LayerKV | None = None, grid: tuple[int, int] | None = None) -> Tensor:
         """(B, T, D) -> (B, T, D). With `cache` (causal attention only): x holds the T positions
         after the cache's `length`, rotated there; they attend to the cached keys and values and
-        to each other causally, and are appended to the cache."""
+        to each other causally, and are appended to the cache. `grid` (prefix, side): the T
+        positions are a prefix and a square grid's cells, rotated in 2-D (grid_rotary)."""
         b, t, d = x.shape
         h = self.n_head
         if cache is not None:
+            if grid is not None:
+                raise ValueError("a KV cache serves positions on a line, not a grid")
             return self.proj(self._cached(x, cache).transpose(1, 2).reshape(b, t, d))
-        q, k, v = qkv_heads(self.qkv(x), h, fused=self.fused_kernels)  # (B, H, T, K) each
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
+        q, k, v = qkv_heads(self.qkv(x), h, fused=self.fused_kernels, grid=grid)  # (B, H, T, K) each
+        if self.log_gain is not None:
+            q = q * self.log_gain.exp().view(h, 1, 1).to(q.dtype)
+        if self.window is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, K)
+        else:
+            mask = window_mask(t, self.window, self.causal, x.device)  # (T, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def _cached(self, x: Tensor, cache: LayerKV) -> Tensor:
         """Attention's output (B, H, T, K) of x's T positions after the cache's, the cache extended."""
         if not self.causal:
             raise ValueError("a KV cache serves causal attention only: bidirectional positions see later ones")
+        if self.window is not None or self.log_gain is not None:
+            raise ValueError("a KV cache serves the plain attention only (no window, no qk_gain)")
         pos, t = cache.length, x.shape[1]
         q, k, v = qkv_heads(self.qkv(x), self.n_head, fused=self.fused_kernels, pos=pos)
         k, v = cache.extend(k, v)  # (B, H, pos + T, K): every position held
@@ -364,20 +415,37 @@ class Block(FusedPath, nn.Module):
     """Pre-norm transformer block: x + g_a * attn(norm(x)), then + g_m * mlp(norm(x)).
 
     Gates are optional (gate_init=None: plain residual block). Shapes: (B, T, D) -> (B, T, D).
+    Options, off by default: `window` and `qk_gain` of the attention (see Attention), and `conv`,
+    a depthwise convolution of width 3 over positions (zero padding; causal: the position and
+    the two before it) as a first residual branch, x + g_c * conv(norm(x)), before attention.
     """
 
     def __init__(self, d: int, n_head: int, causal: bool = True, gate_init: float | None = None,
-                 gamma_max: float = 1.0):
+                 gamma_max: float = 1.0, window: int | None = None, qk_gain: bool = False, conv: bool = False):
         super().__init__()
-        self.attn = Attention(d, n_head, causal)
+        self.attn = Attention(d, n_head, causal, window=window, qk_gain=qk_gain)
         self.mlp = MLP(d)
         gated = gate_init is not None
         self.gate_attn = Gate(d, gate_init, gamma_max) if gated else None
         self.gate_mlp = Gate(d, gate_init, gamma_max) if gated else None
+        self.conv = nn.Conv1d(d, d, 3, groups=d, bias=False) if conv else None  # (D, 1, 3) taps
+        self.gate_conv = Gate(d, gate_init, gamma_max) if conv and gated else None
 
-    def forward(self, x: Tensor, cache: LayerKV | None = None) -> Tensor:
-        """`cache`: the attention's keys and values of earlier positions (see Attention.forward)."""
-        a = self.attn(rms_norm(x, fused=self.fused_kernels), cache)
+    def local_mix(self, x: Tensor) -> Tensor:
+        """The conv branch conv(norm(x)) (B, T, D): zero padding at both ends, or two on the left if causal."""
+        pad = (2, 0) if self.attn.causal else (1, 1)
+        c = self.conv(F.pad(rms_norm(x, fused=self.fused_kernels).transpose(1, 2), pad))  # (B, D, T)
+        return c.transpose(1, 2)
+
+    def forward(self, x: Tensor, cache: LayerKV | None = None, grid: tuple[int, int] | None = None) -> Tensor:
+        """`cache`: the attention's keys and values of earlier positions; `grid`: (prefix, side)
+        for positions on a square grid (see Attention.forward)."""
+        if self.conv is not None:
+            if cache is not None:
+                raise ValueError("a KV cache serves blocks without the conv branch")
+            c = self.local_mix(x)
+            x = x + (c if self.gate_conv is None else self.gate_conv() * c)
+        a = self.attn(rms_norm(x, fused=self.fused_kernels), cache, grid)
         x = x + (a if self.gate_attn is None else self.gate_attn() * a)
         m = self.mlp(rms_norm(x, fused=self.fused_kernels))
         return x + (m if self.gate_mlp is None else self.gate_mlp() * m)

@@ -27,6 +27,9 @@ from a generator seeded with `start_seed`, so an evaluation repeats.
 
 `loops_per_position` turns the same map into the fixed-depth looped baseline: exactly
 ceil(loops_per_position * n) evaluations, no solve (with grad=Unroll, backprop through all).
+`layers=L` turns it into the feed-forward baseline: L distinct layers, each the map's shape with
+its own weights (nothing tied), applied once each from z0 and trained by backprop through all:
+a fixed depth of L evaluations, whatever the length.
 
 The 2-D map (LocalGridConfig, the "local-grid" family: mazes of any side) is the same map with
 2-D convolutions (kernel x kernel, zero padding at the grid's border): a grid of side s arrives
@@ -55,8 +58,8 @@ from torch import Tensor, nn
 
 from attractor.fixedpoint import Anderson, Phantom
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, check_batch, check_depth
-from attractor.models.equilibrium import Equilibrium, SolveConfig, solve_equilibrium
-from attractor.models.puzzle import TraceStep
+from attractor.models.equilibrium import Equilibrium, SolveConfig, SolveReport, solve_equilibrium
+from attractor.models.puzzle import TraceStep, grid_side
 from attractor.schema import check_fields, require
 
 
@@ -81,6 +84,9 @@ class LocalConfig:
     start_seed: int = 0  # the random start's generator in evaluation (training uses torch's)
     # The looped baseline: exactly ceil(this * n) evaluations of the map instead of a solve; None: solve.
     loops_per_position: float | None = None
+    # The feed-forward baseline: this many untied layers of the map, each applied once (no solve,
+    # backprop through all, the same depth at every length); None: one weight-tied map.
+    layers: int | None = None
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -90,6 +96,9 @@ class LocalConfig:
         require(self.start_seed >= 0, f"start_seed={self.start_seed} must be >= 0")
         require(self.loops_per_position is None or self.loops_per_position > 0,
                 f"loops_per_position={self.loops_per_position} must be > 0 or None")
+        require(self.layers is None or self.layers >= 1, f"layers={self.layers} must be >= 1 or None")
+        require(self.layers is None or self.loops_per_position is None,
+                "layers (the feed-forward stack) and loops_per_position (the looped map) exclude each other")
 
 
 @dataclass(frozen=True)
@@ -103,21 +112,14 @@ class LocalGridConfig(LocalConfig):
     max_iter_per_position: float = 1.0  # the step cap per cell: max(solve.max_iter, ceil(this * s*s))
 
 
-def grid_side(n: int) -> int:
-    """The side s of a square grid of n = s*s cells; ValueError otherwise."""
-    s = math.isqrt(n)
-    if s * s != n:
-        raise ValueError(f"a 2-D local map takes square grids as s*s tokens, got {n} tokens")
-    return s
-
-
 class LocalEquilibrium(nn.Module):
     """The fixed point of a local convolutional map with input injection (the module docstring).
 
     forward(idx, targets=None, *, iters=None) -> ModelOutput, the contract of models/base.py:
     idx (B, n) token ids of any length n >= 1; targets (B, n) ids or IGNORE_INDEX; iters=None
     solves to tol (or runs the looped baseline's fixed depth), iters=k applies the map k times.
-    With a LocalGridConfig, n = s*s cells of a grid of any side s, row by row.
+    With a LocalGridConfig, n = s*s cells of a grid of any side s, row by row. The feed-forward
+    stack (cfg.layers) runs its layers and refuses iters (has_depth is False).
     """
 
     has_depth = True
@@ -125,11 +127,16 @@ class LocalEquilibrium(nn.Module):
     def __init__(self, cfg: LocalConfig):
         super().__init__()
         self.cfg = cfg
+        self.has_depth = cfg.layers is None  # the feed-forward stack's depth is fixed: iters refused
         c, k = cfg.d, cfg.kernel
         conv = nn.Conv1d if cfg.dims == 1 else nn.Conv2d
         self.embed = nn.Embedding(cfg.vocab_size, c)
-        self.conv1 = conv(2 * c, c, k, padding=k // 2)
-        self.conv2 = conv(c, c, k, padding=k // 2)
+        if cfg.layers is None:  # one map, reused at every evaluation
+            self.conv1 = conv(2 * c, c, k, padding=k // 2)
+            self.conv2 = conv(c, c, k, padding=k // 2)
+        else:  # the feed-forward stack: layer i is (conv1[i], conv2[i])
+            self.conv1 = nn.ModuleList(conv(2 * c, c, k, padding=k // 2) for _ in range(cfg.layers))
+            self.conv2 = nn.ModuleList(conv(c, c, k, padding=k // 2) for _ in range(cfg.layers))
         self.head = nn.Linear(c, cfg.vocab_size)  # the 1x1 convolution
 
     def max_iter(self, n: int) -> int:
@@ -137,7 +144,10 @@ class LocalEquilibrium(nn.Module):
         return max(self.cfg.solve.max_iter, math.ceil(self.cfg.max_iter_per_position * n))
 
     def loops(self, n: int) -> int | None:
-        """The looped baseline's evaluations at length n (None: the model solves)."""
+        """The fixed depth at length n: the looped baseline's evaluations, the feed-forward
+        stack's layers (None: the model solves)."""
+        if self.cfg.layers is not None:
+            return self.cfg.layers
         r = self.cfg.loops_per_position
         return None if r is None else math.ceil(r * n)
 
@@ -150,9 +160,13 @@ class LocalEquilibrium(nn.Module):
             return (torch.rand(shape, generator=generator) * 2 - 1).to(like)
         return torch.rand(shape, dtype=like.dtype, device=like.device) * 2 - 1
 
-    def map(self, idx: Tensor):
+    def map(self, idx: Tensor, layer: int | None = None):
         """f(z) = tanh(conv2(relu(conv1(concat[z, embed(x)])))) for the tokens idx (B, n); z (B, n, C).
-        In 2-D the convolutions see z as (B, C, s, s), s*s = n."""
+        In 2-D the convolutions see z as (B, C, s, s), s*s = n. The feed-forward stack: the
+        `layer`-th layer's f (an int in [0, layers)); the weight-tied map takes None."""
+        if (layer is None) != (self.cfg.layers is None):
+            raise ValueError(f"layer={layer!r}: the feed-forward stack takes a layer index, the tied map None")
+        conv1, conv2 = (self.conv1, self.conv2) if layer is None else (self.conv1[layer], self.conv2[layer])
         c, pad = self.cfg.d, self.cfg.kernel // 2
         b, n = idx.shape
         if self.cfg.dims == 1:
@@ -163,18 +177,21 @@ class LocalEquilibrium(nn.Module):
         # conv1 of concat[z, e] is conv1's z half applied to z plus its e half applied to e: the
         # injection's part (with the bias) is computed once per solve, not at every evaluation
         e = self.embed(idx).transpose(1, 2).reshape(b, c, *grid)  # (B, C, n) or (B, C, s, s)
-        injected = conv(e, self.conv1.weight[:, c:], self.conv1.bias, padding=pad)
-        w_z = self.conv1.weight[:, :c]
+        injected = conv(e, conv1.weight[:, c:], conv1.bias, padding=pad)
+        w_z = conv1.weight[:, :c]
 
         def f(z: Tensor) -> Tensor:
             h = F.relu(conv(z.transpose(1, 2).reshape(b, c, *grid), w_z, padding=pad) + injected)
-            return torch.tanh(self.conv2(h)).flatten(2).transpose(1, 2)
+            return torch.tanh(conv2(h)).flatten(2).transpose(1, 2)
 
         return f
 
     def equilibrium(self, idx: Tensor) -> Equilibrium:
         """The problem the forward solves on idx (B, n): the fixed point of the map from z0, with
-        the step cap of length n. The map is local in both directions: not causal."""
+        the step cap of length n. The map is local in both directions: not causal. (The
+        feed-forward stack has no one map, hence no such problem: ValueError.)"""
+        if self.cfg.layers is not None:
+            raise ValueError(f"the feed-forward stack ({self.cfg.layers} untied layers) has no map to solve")
         b, n = idx.shape
         solve = dataclasses.replace(self.cfg.solve, max_iter=self.max_iter(n))
         return Equilibrium(self.map(idx), self.start((b, n, self.cfg.d), self.embed.weight), solve, False)
@@ -184,15 +201,30 @@ class LocalEquilibrium(nn.Module):
         if self.cfg.dims == 2:
             grid_side(idx.shape[1])
         check_depth(iters, type(self).__name__)
-        if iters is None:
-            iters = self.loops(idx.shape[1])
-        z, report = solve_equilibrium(self.equilibrium(idx), iters)
+        if self.cfg.layers is not None:
+            z, report = self.stack(idx, iters)
+        else:
+            if iters is None:
+                iters = self.loops(idx.shape[1])
+            z, report = solve_equilibrium(self.equilibrium(idx), iters)
         logits = self.head(z).float()  # (B, n, V)
         loss = None
         if targets is not None:
             total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return ModelOutput(logits, loss, report.depth, report.n_evals, report.converged, report.info)
+
+    def stack(self, idx: Tensor, iters: int | None) -> tuple[Tensor, SolveReport]:
+        """The feed-forward stack on idx (B, n): z (B, n, C) after its layers from z0 (`iters`
+        must be None: the depth is fixed), with a SolveReport of that depth."""
+        layers = self.cfg.layers
+        if iters is not None:
+            raise ValueError(f"the feed-forward stack has a fixed depth of {layers} layers; got iters={iters}")
+        b, n = idx.shape
+        z = self.start((b, n, self.cfg.d), self.embed.weight)
+        for i in range(layers):
+            z = self.map(idx, i)(z)
+        return z, SolveReport(torch.full((b,), layers, dtype=torch.long, device=idx.device), layers, None, None)
 
     @torch.no_grad()
     def trace(self, idx: Tensor, frames: int = 60) -> list[TraceStep]:
@@ -203,19 +235,26 @@ class LocalEquilibrium(nn.Module):
         if idx.shape[0] != 1:
             raise ValueError(f"trace takes one input (1, n), got {tuple(idx.shape)}")
         n = idx.shape[1]
-        problem = self.equilibrium(idx)
-        steps = self.loops(n) or problem.solve.max_iter
-        z, logits, residuals = problem.y0, [], []
-        for _ in range(steps):
-            z_next = problem.f(z)
+        if self.cfg.layers is None:
+            problem = self.equilibrium(idx)
+            steps, z, tol = self.loops(n) or problem.solve.max_iter, problem.y0, problem.solve.tol
+            maps = [problem.f] * steps
+        else:  # the stack's layers, one frame each
+            maps = [self.map(idx, i) for i in range(self.cfg.layers)]
+            steps, z, tol = len(maps), self.start((1, n, self.cfg.d), self.embed.weight), 0.0
+        logits, residuals = [], []
+        for f in maps:
+            z_next = f(z)
             residuals.append(float((z_next - z).norm() / z_next.norm().clamp(min=1e-12)))
             z = z_next
             logits.append(self.head(z).float())
-            if self.loops(n) is None and residuals[-1] < problem.solve.tol:
+            if self.loops(n) is None and residuals[-1] < tol:
                 break
         shown = max(1, min(frames, len(logits)))
         keep = sorted({round(i * (len(logits) - 1) / max(shown - 1, 1)) for i in range(shown)})
-        return [TraceStep(logits[i], residuals[i], f"iteration {i + 1} of {len(logits)} (Picard)") for i in keep]
+        what = "layer" if self.cfg.layers is not None else "iteration"
+        how = "" if self.cfg.layers is not None else " (Picard)"
+        return [TraceStep(logits[i], residuals[i], f"{what} {i + 1} of {len(logits)}{how}") for i in keep]
 
     def parameter_counts(self) -> dict[str, int]:
         """{'total': all parameters, 'dense': all but the embedding lookup table}."""
@@ -224,8 +263,9 @@ class LocalEquilibrium(nn.Module):
 
     def param_groups(self) -> list[ParamGroup]:
         """All on AdamW: the embedding and the biases without weight decay, the kernels and the head with."""
-        weights = [self.conv1.weight, self.conv2.weight, self.head.weight]
-        biases = [self.conv1.bias, self.conv2.bias, self.head.bias]
+        named = [(n, p) for n, p in self.named_parameters() if not n.startswith("embed.")]
+        weights = [p for n, p in named if n.endswith("weight")]  # conv1, conv2 (each layer's), head
+        biases = [p for n, p in named if n.endswith("bias")]
         return [ParamGroup("embedding", [self.embed.weight], "adamw", wd_mult=0.0),
                 ParamGroup("map", weights, "adamw"), ParamGroup("map.biases", biases, "adamw", wd_mult=0.0)]
 
@@ -235,7 +275,7 @@ class LocalEquilibrium(nn.Module):
         c, v = self.cfg.d, self.cfg.vocab_size
         k = self.cfg.kernel ** self.cfg.dims  # taps of a kernel
         n_evals = out.n_evals if isinstance(out, ModelOutput) else out
-        if n_evals is None:
+        if n_evals is None:  # (the stack: its layers)
             n_evals = self.loops(self.cfg.seq_len) or self.max_iter(self.cfg.seq_len) + 1
         per_eval = 2 * (2 * c) * c * k + 2 * c * c * k
         return 2 * c * v + n_evals * per_eval

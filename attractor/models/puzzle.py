@@ -18,13 +18,22 @@ grows linearly, so a confident model cannot push its logits to float overflow.
 causal=False) -> RMS norm -> an untied head, one pass. Width 512 / 8 heads / 8 layers is the
 "plain 27M transformer" of SPEC 2.2, which the paper reports at 0% exact on Sudoku-Extreme.
 
+Grids of any side (`GridTransformerConfig`, the "grid-transformer" family; reasoner.py's
+GridTRMConfig): the maze-sizes task's mazes, s*s tokens of any side s, taken from the input. The
+only change is where a cell is: its queries and keys are rotated by its row in one half of each
+head and by its column in the other (2-D RoPE, attractor.layers.grid_rotary) instead of by its
+index in the row-by-row sequence, whose vertical neighbours sit s apart, so a different offset at
+every side. Scores then depend on row and column offsets alone, the same at every side; the
+weights and everything else are the fixed-size model's. seq_len is then a cost estimate only.
+
 Dimension letters: B batch, L puzzle length, D width, V vocabulary.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -72,11 +81,25 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return (total / keep.sum().clamp(min=1)).float()
 
 
-def check_puzzle_batch(inputs: Tensor, labels: Tensor | None, vocab_size: int, seq_len: int) -> None:
-    """check_batch, and the puzzle length must be exactly seq_len (a puzzle is never cut short)."""
+def grid_side(n: int) -> int:
+    """The side s of a square grid of n = s*s cells; ValueError otherwise."""
+    s = math.isqrt(n)
+    if s * s != n:
+        raise ValueError(f"a grid model takes square grids as s*s tokens, got {n} tokens")
+    return s
+
+
+def check_puzzle_batch(inputs: Tensor, labels: Tensor | None, vocab_size: int, seq_len: int,
+                       grid: bool = False) -> int | None:
+    """check_batch, and the puzzle length must be exactly seq_len (a puzzle is never cut short);
+    grid=True: any square grid of s*s cells instead, and its side s is returned (else None)."""
+    if grid:
+        check_batch(inputs, labels, vocab_size, inputs.shape[-1] if inputs.dim() else 1)
+        return grid_side(inputs.shape[1])
     check_batch(inputs, labels, vocab_size, seq_len)
     if inputs.shape[1] != seq_len:
         raise ValueError(f"puzzles must have length seq_len={seq_len}, got {inputs.shape[1]}")
+    return None
 
 
 class PuzzleModel(TiedLM):
@@ -106,6 +129,7 @@ class PuzzleModel(TiedLM):
 
 @dataclass(frozen=True)
 class PuzzleTransformerConfig:
+    grid: ClassVar[bool] = False  # square grids of any side with 2-D positions (GridTransformerConfig)
     vocab_size: int = 11  # Sudoku 9x9: pad, blank, 9 digits
     seq_len: int = 81  # puzzle length L (9x9 Sudoku; a maze of side n has n^2)
     d: int = 128  # width
@@ -116,6 +140,17 @@ class PuzzleTransformerConfig:
         check_fields(self)
         check_width(self.d, self.n_head)
         require(min(self.vocab_size, self.seq_len, self.n_layer) >= 1, "vocab_size, seq_len and n_layer must be >= 1")
+        require(not self.grid or (self.d // self.n_head) % 4 == 0,
+                f"2-D positions need a head size (d / n_head = {self.d // self.n_head}) divisible by 4")
+
+
+@dataclass(frozen=True)
+class GridTransformerConfig(PuzzleTransformerConfig):
+    """The puzzle transformer on square grids of any side (mazes of the maze-sizes task): 2-D
+    positions (module docstring); seq_len (a 9x9 maze's 81 cells) for cost estimates only."""
+
+    grid: ClassVar[bool] = True
+    vocab_size: int = 6  # maze tokens (attractor/data/maze.py: pad and `# SGo`)
 
 
 class PuzzleTransformer(PuzzleModel):
@@ -132,12 +167,13 @@ class PuzzleTransformer(PuzzleModel):
 
     def forward(self, inputs: Tensor, labels: Tensor | None = None, *, iters: None = None) -> ModelOutput:
         """Logits (B, L, V) and the stablemax loss of (B, L) puzzles (see the module docstring)."""
-        check_puzzle_batch(inputs, labels, self.cfg.vocab_size, self.cfg.seq_len)
+        side = check_puzzle_batch(inputs, labels, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.grid)
         if iters is not None:
             raise ValueError(f"PuzzleTransformer has a fixed depth of {self.cfg.n_layer} blocks; got iters={iters!r}")
+        grid = None if side is None else (0, side)  # no prefix
         h = self.embed(inputs)  # (B, L, D)
         for block in self.blocks:
-            h = block(h)
+            h = block(h, grid=grid)
         logits, loss = self.decode(h, labels)
         return ModelOutput(logits, loss)
 

@@ -18,10 +18,11 @@ instead (the two states concatenated along the sequence, (B, 2(P+L), D)); h_cycl
 The ACT scheme, exactly TRM's, runs inside `forward` so that the generic trainer, which calls
 `model(inputs, labels)` once per optimiser step, trains with deep supervision:
 - training mode: ONE supervision step per call on the carried state (`ReasonerCarry`). Slots that
-  halted (all of them on the first call, after `reset_carry()` or when the batch size changes)
-  take this call's sample and restart from the initial state; the others keep their sample and
-  ignore this call's. A slot halts after halt_max_steps steps, or when q_halt > 0 and, with
-  probability halt_explore, only once a minimum step drawn from [2, halt_max_steps] is reached.
+  halted (all of them on the first call, after `reset_carry()` or when the batch size or the
+  puzzle length changes) take this call's sample and restart from the initial state; the others
+  keep their sample and ignore this call's. A slot halts after halt_max_steps steps, or when
+  q_halt > 0 and, with probability halt_explore, only once a minimum step drawn from
+  [2, halt_max_steps] is reached.
   Loss: stablemax CE over scored cells + 0.5 BCE(q_halt, "every scored cell right"). The logits,
   loss and `out.metrics` refer to the carried samples, not necessarily this call's inputs.
 - eval mode: a fresh state, every supervision step run (no halting, no exploration), the last
@@ -46,6 +47,10 @@ Deviations from the published models, and why:
 - The published reasoner's Anderson read zero-filled history slots (SPEC 3); ours is the tested
   solver of `attractor.fixedpoint`.
 
+`GridTRMConfig` (the "grid-trm" family) is TRM on square grids of any side (the maze-sizes
+task's mazes): the cells' positions are 2-D (attractor.layers.grid_rotary, as the grid
+transformer's in puzzle.py), the prefix keeps angle 0, and the side comes from the input.
+
 Dimension letters: B batch, L puzzle length, P prefix length, S = P + L, D width, V vocabulary.
 """
 
@@ -54,6 +59,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +69,7 @@ from attractor.fixedpoint import Anderson, FixedPointInfo, Phantom
 from attractor.layers import Block, block_flops, init_weights, rms_norm
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, block_groups, check_depth, check_width
 from attractor.models.equilibrium import Equilibrium, Preview, SolveConfig, solve_equilibrium
-from attractor.models.puzzle import PuzzleModel, TraceStep, check_puzzle_batch
+from attractor.models.puzzle import PuzzleModel, TraceStep, check_puzzle_batch, grid_side
 from attractor.schema import check_fields, require
 
 # emit(z_H, residual, label): one refinement a person can watch (see `trace`)
@@ -74,6 +80,7 @@ Emit = Callable[[Tensor, "float | None", str], None]
 class ReasonerConfig:
     """What TRM and the Attractor reasoner share (defaults: about 0.9M parameters, 9x9 Sudoku)."""
 
+    grid: ClassVar[bool] = False  # square grids of any side with 2-D positions (GridTRMConfig)
     vocab_size: int = 11  # Sudoku 9x9: pad, blank, 9 digits; mazes: 6
     seq_len: int = 81  # puzzle length L, without the prefix
     d: int = 192  # width
@@ -92,6 +99,8 @@ class ReasonerConfig:
                     self.halt_max_steps) >= 1,
                 "vocab_size, seq_len, n_layer, prefix_len, h_cycles and halt_max_steps must be >= 1")
         require(0.0 <= self.halt_explore <= 1.0, f"halt_explore={self.halt_explore} must be in [0, 1]")
+        require(not self.grid or (self.d // self.n_head) % 4 == 0,
+                f"2-D positions need a head size (d / n_head = {self.d // self.n_head}) divisible by 4")
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,15 @@ class TRMConfig(ReasonerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.l_cycles >= 1, f"l_cycles={self.l_cycles} must be >= 1")
+
+
+@dataclass(frozen=True)
+class GridTRMConfig(TRMConfig):
+    """TRM on square grids of any side (mazes of the maze-sizes task), 2-D positions (module
+    docstring); seq_len (a 9x9 maze's 81 cells) for cost estimates only."""
+
+    grid: ClassVar[bool] = True
+    vocab_size: int = 6  # maze tokens (attractor/data/maze.py: pad and `# SGo`)
 
 
 def published_solve() -> SolveConfig:
@@ -182,9 +200,11 @@ class RecursiveReasoner(PuzzleModel):
 
     def net(self, h: Tensor, injection: Tensor) -> Tensor:
         """The one shared network: rms_norm(blocks(h + injection)), (B, S, D) -> (B, S, D)."""
+        p = self.cfg.prefix_len
+        grid = (p, grid_side(h.shape[1] - p)) if self.cfg.grid else None  # the prefix, then the cells
         h = h + injection
         for block in self.blocks:
-            h = block(h)
+            h = block(h, grid=grid)
         # unit RMS, as TRM's post-norm blocks leave it (module docstring)
         return rms_norm(h, fused=self.fused_kernels)
 
@@ -193,9 +213,10 @@ class RecursiveReasoner(PuzzleModel):
         prefix = self.prefix.expand(inputs.shape[0], -1, -1)  # (B, P, D)
         return torch.cat([prefix, self.embed(inputs)], dim=1)
 
-    def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
-        """(z_H, z_L), each (B, S, D): the fixed start vectors at every position."""
-        s = self.cfg.prefix_len + self.cfg.seq_len
+    def initial_state(self, batch: int, cells: int | None = None) -> tuple[Tensor, Tensor]:
+        """(z_H, z_L), each (B, S, D), S = prefix_len + cells (None: seq_len): the fixed start
+        vectors at every position."""
+        s = self.cfg.prefix_len + (self.cfg.seq_len if cells is None else cells)
         z_H, z_L = (v.expand(batch, s, -1) for v in self.start)
         return z_H, z_L
 
@@ -248,7 +269,7 @@ class RecursiveReasoner(PuzzleModel):
             step), n_evals (network evaluations of the call), converged, info, metrics.
         """
         c = self.cfg
-        check_puzzle_batch(inputs, labels, c.vocab_size, c.seq_len)
+        check_puzzle_batch(inputs, labels, c.vocab_size, c.seq_len, c.grid)
         check_depth(iters, type(self).__name__)
         if steps is not None:
             if self.training:
@@ -274,7 +295,7 @@ class RecursiveReasoner(PuzzleModel):
         detached, as in training.
         """
         x = self.embed_inputs(inputs)
-        z_H, z_L = self.initial_state(inputs.shape[0])
+        z_H, z_L = self.initial_state(*inputs.shape)
         n_evals = 0
         for step in range(1, steps + 1):
             step_emit = None if emit is None else (lambda z, r, label, s=step: emit(z, r, f"step {s}, {label}"))
@@ -288,13 +309,13 @@ class RecursiveReasoner(PuzzleModel):
         """Training: one ACT step on the carried state (module docstring); updates the carry."""
         c, batch = self.cfg, inputs.shape[0]
         carry = self.carry
-        if carry is None or carry.steps.shape[0] != batch:
-            z_H, z_L = self.initial_state(batch)
+        if carry is None or carry.steps.shape[0] != batch or carry.inputs.shape[1] != inputs.shape[1]:
+            z_H, z_L = self.initial_state(*inputs.shape)
             carry = ReasonerCarry(z_H, z_L, torch.zeros(batch, dtype=torch.long, device=inputs.device),
                                   torch.ones(batch, dtype=torch.bool, device=inputs.device), inputs, labels)
         carry = carry.to(inputs.device)
         new = carry.halted  # (B,) slots that take this call's sample
-        start_H, start_L = self.initial_state(batch)
+        start_H, start_L = self.initial_state(*inputs.shape)
         rows = new.view(-1, 1, 1)
         z_H = torch.where(rows, start_H, carry.z_H)  # (B, S, D)
         z_L = torch.where(rows, start_L, carry.z_L)
@@ -346,7 +367,7 @@ class RecursiveReasoner(PuzzleModel):
         """
         if inputs.dim() != 2 or inputs.shape[0] != 1:
             raise ValueError(f"trace takes one puzzle, (1, L); got shape {tuple(inputs.shape)}")
-        check_puzzle_batch(inputs, None, self.cfg.vocab_size, self.cfg.seq_len)
+        check_puzzle_batch(inputs, None, self.cfg.vocab_size, self.cfg.seq_len, self.cfg.grid)
         out: list[TraceStep] = []
         p = self.cfg.prefix_len
 
@@ -480,7 +501,7 @@ class AttractorReasoner(RecursiveReasoner):
         state: the latent update f(z) = net(z + z_H + x) from z_L, each (B, S, D); joint, the
         whole cycle (see `equilibrium_at`) from [z_H, z_L] (B, 2S, D). The solve config is
         cfg.solve; bidirectional (causal=False)."""
-        z_H, z_L = self.initial_state(inputs.shape[0])
+        z_H, z_L = self.initial_state(*inputs.shape)
         return self.equilibrium_at(self.embed_inputs(inputs), z_H, z_L)
 
     def equilibrium_at(self, x: Tensor, z_H: Tensor, z_L: Tensor) -> Equilibrium:

@@ -17,13 +17,14 @@ from torch import nn
 from attractor import schema
 from attractor.errors import ConfigError, check_name
 from attractor.fixedpoint import Unroll
+from attractor.models.attention_map import AttentionEquilibrium, AttentionMapConfig
 from attractor.models.attractor_lm import AttractorLM, AttractorLMConfig
 from attractor.models.deq import DEQLM, DEQConfig
 from attractor.models.equilibrium import SolveConfig
 from attractor.models.local import LocalConfig, LocalEquilibrium, LocalGridConfig
 from attractor.models.looped import LoopedConfig, LoopedLM
-from attractor.models.puzzle import PuzzleTransformer, PuzzleTransformerConfig
-from attractor.models.reasoner import TRM, AttractorReasoner, AttractorReasonerConfig, TRMConfig
+from attractor.models.puzzle import GridTransformerConfig, PuzzleTransformer, PuzzleTransformerConfig
+from attractor.models.reasoner import TRM, AttractorReasoner, AttractorReasonerConfig, GridTRMConfig, TRMConfig
 from attractor.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF: dict[type, type[nn.Module]] = {
@@ -36,16 +37,23 @@ MODEL_OF: dict[type, type[nn.Module]] = {
     AttractorReasonerConfig: AttractorReasoner,
     LocalConfig: LocalEquilibrium,
     LocalGridConfig: LocalEquilibrium,
+    GridTransformerConfig: PuzzleTransformer,
+    GridTRMConfig: TRM,
+    AttentionMapConfig: AttentionEquilibrium,
 }
 FAMILIES: dict[str, type] = {"attractor": AttractorLMConfig, "transformer": TransformerConfig,
                              "looped": LoopedConfig, "deq": DEQConfig,
                              "puzzle-transformer": PuzzleTransformerConfig, "trm": TRMConfig,
                              "attractor-reasoner": AttractorReasonerConfig,
-                             "local": LocalConfig, "local-grid": LocalGridConfig}  # the tag saved with a config
+                             "local": LocalConfig, "local-grid": LocalGridConfig,
+                             "grid-transformer": GridTransformerConfig, "grid-trm": GridTRMConfig,
+                             "attention-map": AttentionMapConfig}  # the tag saved with a config
 # What each family trains on: a task's name in attractor.tasks.TASKS (models do not import tasks).
 TASK_OF: dict[str, str] = {"attractor": "text", "transformer": "text", "looped": "text", "deq": "text",
                            "puzzle-transformer": "puzzles", "trm": "puzzles", "attractor-reasoner": "puzzles",
-                           "local": "parity", "local-grid": "maze-sizes"}
+                           "local": "parity", "local-grid": "maze-sizes",
+                           "grid-transformer": "maze-sizes", "grid-trm": "maze-sizes",
+                           "attention-map": "parity"}
 PRESETS: dict[str, Callable[[], object]] = {}
 # A preset's trainer defaults where they differ from its task's: TrainConfig field overrides.
 PRESET_TRAIN: dict[str, dict] = {}
@@ -230,6 +238,16 @@ def parity_looped():  # the same map unrolled a fixed n steps (backprop through 
 
 
 @preset
+def parity_attention():  # the attention Block as the map (d 32, 2 heads: 12.5k parameters), options off
+    return AttentionMapConfig()
+
+
+@preset
+def parity_attention_local():  # window 1, QK gain, conv branch, tanh-bounded: the variant that extrapolates (12.6k)
+    return AttentionMapConfig(window=1, qk_gain=True, conv=True, bounded=True)
+
+
+@preset
 def maze_local():  # the 2-D map (3x3 kernels, 32 channels: 28k parameters), mazes of any side
     return LocalGridConfig()
 
@@ -237,6 +255,23 @@ def maze_local():  # the 2-D map (3x3 kernels, 32 channels: 28k parameters), maz
 @preset
 def maze_looped():  # the same 2-D map unrolled a fixed s*s / 2 steps (backprop through all): the baseline
     return LocalGridConfig(loops_per_position=0.5, solve=dataclasses.replace(LocalGridConfig().solve, grad=Unroll()))
+
+
+# The attention baselines on mazes of any side (2-D positions), at about the feed-forward stack's
+# 0.89M parameters, trained with the CPU puzzle recipe these models had on fixed-size puzzles.
+@preset(train=CPU_PUZZLE_TRAIN)
+def maze_transformer():  # 8 bidirectional blocks of d=96 (head size 24): 0.88M dense, ~2 MFLOPs per cell at side 9
+    return GridTransformerConfig(d=96, n_head=4, n_layer=8)
+
+
+@preset(train=CPU_PUZZLE_TRAIN)
+def maze_trm():  # trm-cpu's network (2 blocks of d=192: 0.88M) and cycles, on grids of any side
+    return GridTRMConfig(**CPU_REASONER, l_cycles=3)
+
+
+@preset
+def maze_feedforward():  # 32 untied layers of the 2-D map (887k parameters): maze-local's ~33 evaluations at side 9
+    return LocalGridConfig(layers=32, solve=dataclasses.replace(LocalGridConfig().solve, grad=Unroll()))
 
 
 def config(name: str, **overrides):

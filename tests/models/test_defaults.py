@@ -36,7 +36,10 @@ PARAMETERS = {
     "trm": ("h_cycles", "l_cycles", "halt_max_steps"),
     "attractor-reasoner": (*SOLVE, "h_cycles", "halt_max_steps", "joint"),
     "local": (*SOLVE, "max_iter_per_position", "start", "loops_per_position"),
-    "local-grid": (*SOLVE, "max_iter_per_position", "start", "loops_per_position"),
+    "local-grid": (*SOLVE, "max_iter_per_position", "start", "loops_per_position", "layers"),
+    "grid-transformer": ("n_layer",),
+    "grid-trm": ("h_cycles", "l_cycles", "halt_max_steps"),
+    "attention-map": (*SOLVE, "max_iter_per_position", "start", "loops_per_position"),
 }
 CORE = {fixed_point: ("solver", "grad", "tol", "min_iter", "max_iter"), Implicit: ("solver", "tol", "max_iter")}
 

@@ -38,7 +38,8 @@ def test_tasks_are_registered_by_their_name():
 
 
 def test_a_preset_keeps_its_trainer_defaults_beside_it():
-    assert set(PRESET_TRAIN) == {"puzzle-transformer-cpu", "trm-cpu", "attractor-reasoner-cpu"}
+    assert set(PRESET_TRAIN) == {"puzzle-transformer-cpu", "trm-cpu", "attractor-reasoner-cpu",
+                                 "maze-transformer", "maze-trm"}
     cpu, published = run_config("trm-cpu").train, run_config("trm-7m").train
     assert (cpu.lr, cpu.weight_decay, cpu.ema, cpu.warmup, cpu.batch_size) == (1e-3, 0.1, 0.99, 50, 64)
     assert (published.lr, published.ema, published.matrix_optimizer) == (1e-4, 0.999, "adamw")  # the task's
