@@ -139,10 +139,16 @@ def test_generate_takes_the_checkpoint_as_an_argument(capsys, lm):
     one_line_error(capsys, ["generate", "--prompt", "a"], "name the checkpoint")
 
 
+def interactive_signals() -> None:
+    """In the child: Ctrl-C as a terminal gives it. A test run started in the background of a
+    non-interactive shell (`make test &`) inherits SIGINT ignored, and so would its children."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_generation(lm, max_new_tokens: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "attractor", "generate", str(lm), "--prompt", "the cat",
                              "--max-new-tokens", str(max_new_tokens)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interactive_signals,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"})
 
 
