@@ -310,15 +310,6 @@ EVAL_TABLES = {"evaluate": _eval_text, "evaluate_puzzles": _eval_puzzles, "evalu
                "evaluate_grids": functools.partial(_eval_parity, unit="side")}
 
 
-def hub_folder(path: str) -> bool:
-    """Whether path is a shared model's folder (attractor.hub: model.safetensors beside config.json,
-    without a checkpoint's manifest.json), rather than a run directory or checkpoint."""
-    import os
-
-    return (os.path.isfile(os.path.join(path, "model.safetensors")) and os.path.isfile(os.path.join(path, "config.json"))
-            and not os.path.isfile(os.path.join(path, "manifest.json")))
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     """Continue prompts with a trained checkpoint (or a folder `attractor export` wrote): one
     prompt's text printed as it is made, or one block (or JSON line) per result for several
@@ -349,10 +340,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.json and args.show_depth:
         raise ConfigError("--json already holds each token's depth; give --json or --show-depth, not both")
     texts = _generate_prompts(args)  # [(number, text)]
-    if hub_folder(args.checkpoint):  # what `attractor export` or save_pretrained wrote
-        from attractor.hub import load_folder
+    from attractor import hub
 
-        model = load_folder(args.checkpoint)
+    if hub.is_folder(args.checkpoint):  # what `attractor export` or save_pretrained wrote
+        model = hub.load_folder(args.checkpoint)
         tokenizer = model.tokenizer
         if tokenizer is None:
             raise ConfigError(f"{args.checkpoint} holds a {type(model).__name__} without tokenizer.json; "

@@ -88,6 +88,14 @@ def save_folder(model: nn.Module, folder: str | Path, *, tokenizer=None, card: s
     return [*written, folder / "README.md"]
 
 
+def is_folder(path: str | Path) -> bool:
+    """Whether path holds a shared model's folder (model.safetensors beside config.json), not a
+    run directory or a checkpoint (which has a manifest.json)."""
+    path = Path(path)
+    return (all((path / name).is_file() for name in ("config.json", "model.safetensors"))
+            and not (path / "manifest.json").exists())
+
+
 def check_new_folder(out: str | Path, force: bool = False) -> Path:
     """`out` as a Path if write_new_folder may write it: a missing folder in a writable one, an
     empty folder, or with `force` an earlier export (config.json and model.safetensors), never a
@@ -97,7 +105,7 @@ def check_new_folder(out: str | Path, force: bool = False) -> Path:
         if not force:
             raise ConfigError(f"--out {out}: exists and is not empty; choose another folder, or pass --force "
                               "to replace an earlier export")
-        if not all((out / name).is_file() for name in ("config.json", "model.safetensors")):
+        if not is_folder(out):
             raise ConfigError(f"--out {out}: holds files other than an export; --force replaces only an earlier "
                               "export, so choose another folder")
     return out

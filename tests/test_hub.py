@@ -175,6 +175,8 @@ def test_export_refuses_a_folder_that_is_not_empty(exports, capsys, tmp_path):
     one_line_error(capsys, ["export", str(run), "--out", str(tmp_path), "--force"], "other than an export")
     one_line_error(capsys, ["export", str(run), "--out", str(exports["looped-1m"][0]), "--force"],
                    "other than an export")  # a run directory is never replaced
+    checkpoint = next(exports["looped-1m"][0].glob("ckpt-*"))  # config.json and model.safetensors, and a manifest
+    one_line_error(capsys, ["export", str(run), "--out", str(checkpoint), "--force"], "other than an export")
     assert (tmp_path / "notes.txt").read_text() == "mine"
     again = tmp_path / "again"
     shutil.copytree(exports["looped-1m"][1], again)  # an earlier export of another model
