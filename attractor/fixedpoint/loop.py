@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,6 +143,12 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     return gnorm / (fz.norm(dim=1) + torch.finfo(fz.dtype).tiny), gnorm
 
 
+def _finite_sum(t: Tensor) -> bool:
+    """Whether t's sum is finite, on the host: true only if every entry is finite (a sum that
+    overflows says False, which sends the caller to its exact per-unit check)."""
+    return math.isfinite(float(t.detach().sum()))
+
+
 # What fixed_point and the implicit adjoint may do when a sample does not converge.
 ON_FAIL = ("warn", "raise", "ignore")
 
@@ -186,8 +193,9 @@ def resolve_solver(solver, what: str = "solver"):
 
 
 def _no_autocast(device: torch.device):
-    """Disable autocast for the solver's own arithmetic (state stays float32 or better)."""
-    if torch.amp.is_autocast_available(device.type):
+    """Disable autocast for the solver's own arithmetic (state stays float32 or better); a
+    no-op context where autocast is off, which costs less per step."""
+    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -257,8 +265,13 @@ def solve(
     recording = torch.is_grad_enabled()
     with no_autocast:
         res, gnorm = _residuals(z, fz)
-        finite_start = torch.isfinite(gnorm)  # z0 is finite, so this is f(z0) being finite
-        res = torch.where(finite_start, res, torch.full_like(res, float("inf")))
+        # z0 is finite, so a finite gnorm is f(z0) being finite. The host checks below (a sum that
+        # is finite) skip whole-batch masks in the common case; a sum that overflows only takes
+        # the exact, per-unit path.
+        all_finite_start = _finite_sum(gnorm)
+        finite_start = torch.ones_like(res, dtype=torch.bool) if all_finite_start else torch.isfinite(gnorm)
+        if not all_finite_start:
+            res = torch.where(finite_start, res, float("inf"))
         met = (lambda r: r < tol) if tol > 0 else (lambda r: r == 0)
         # The answer is the best iterate, ranked first by meeting tol, then by the *absolute*
         # residual ||f(z) - z||. The relative one cannot rank: on an expanding map it falls as
@@ -271,43 +284,52 @@ def solve(
         # A continued prefix (a KV cache's earlier tokens, solved before): sample b's earlier
         # units stopped after prefix_depth[b] steps, so none of its units stops before that.
         floor = None if prefix_depth is None else prefix_depth.to(z.device).view(-1, 1).expand(units).flatten()
+        one_per_row = units[1:].numel() == 1  # prefix stopping is then each unit's own stopping
 
-        def stop_rule(res: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
+        def stop_rule(now_met: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
             # Re-evaluated every step: when f couples units, a unit whose residual rises again
             # as its neighbours move resumes (independent samples never do).
-            own = ~finite_start | (met(res) & (depth >= min_iter))
+            own = now_met if min_iter == 0 else now_met & (depth >= min_iter)
+            if not all_finite_start:
+                own = own | ~finite_start
             stop = own if floor is None else own & (depth >= floor)
-            if prefix_stop:  # unit (b, t) stops only once (b, 0..t) have all stopped
+            if prefix_stop and not one_per_row:  # unit (b, t) stops only once (b, 0..t) have all stopped
                 stop = stop.view(units).cummin(dim=1).values.flatten()
             return stop, own
 
-        exploded = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        stopped, own = stop_rule(res, depth)
-        first_met = torch.where(own, depth, -1)
+        exploded = None  # (B,) bool once some unit has exploded
+        stopped, own = stop_rule(best_met, depth)
+        first_met = own.long() - 1  # 0 where met at the start, -1 (not yet) elsewhere
         history = [res] if trace else None
         state = solver.init(z, fz) if max_iter > 0 else None
     n_evals = 1
-    # The branches on .any()/.all() below skip whole-batch masking in the common case; they
-    # cost one host sync each, small next to an evaluation of f.
+    # Each step of a small problem (one token while decoding) costs a fixed number of tensor
+    # operations besides f, so the branches on host values below skip whole-batch masks in the
+    # common case (every unit active, every value finite, every unit improving), for one host
+    # sync each.
     for _ in range(max_iter):
-        if bool(stopped.all()):
+        n_stopped = int(stopped.sum())
+        if n_stopped == batch:
             break
-        active = ~stopped
+        active = None if n_stopped == 0 else ~stopped  # None: every unit is active
         with no_autocast:
             proposal, state = solver.step(z, fz, state)
-            bad = ~torch.isfinite(proposal.sum(1))  # a non-finite proposal: plain step instead
-            if bool(bad.any()):
-                proposal = torch.where(bad.unsqueeze(1), fz, proposal)
-                state = solver.restart(state, bad)
-                if recording:
-                    nonfinite = nonfinite | bad
-            z_new = proposal if bool(active.all()) else torch.where(active.unsqueeze(1), proposal, z)
+            if not _finite_sum(proposal):  # some proposal is not finite, or the sum overflowed
+                bad = ~torch.isfinite(proposal.sum(1))  # a non-finite proposal: plain step instead
+                if bool(bad.any()):
+                    proposal = torch.where(bad.unsqueeze(1), fz, proposal)
+                    state = solver.restart(state, bad)
+                    if recording:
+                        nonfinite = nonfinite | bad
+            z_new = proposal if active is None else torch.where(active.unsqueeze(1), proposal, z)
         fz_new = evaluate(z_new)
         n_evals += 1
         with no_autocast:
             res, gnorm = _residuals(z_new, fz_new)
             # NaN/inf in f(z) make the norm NaN/inf, which fails the comparison: a blow-up too.
-            blowup = active & ~(gnorm <= EXPLODE_FACTOR * best_gnorm)
+            blowup = ~(gnorm <= EXPLODE_FACTOR * best_gnorm)
+            if active is not None:
+                blowup = blowup & active
             if recording:
                 nonfinite = nonfinite | ~torch.isfinite(gnorm)
             z, fz = z_new, fz_new
@@ -317,15 +339,20 @@ def solve(
                 z, fz = torch.where(back, best_z, z), torch.where(back, best_fz, fz)
                 res, gnorm = torch.where(blowup, best_res, res), torch.where(blowup, best_gnorm, gnorm)
                 state = solver.restart(state, blowup)
-                exploded = exploded | blowup
-            depth = depth + active.long()
+                exploded = blowup if exploded is None else exploded | blowup
+            depth = depth + 1 if active is None else depth + active.long()
             now_met = met(res)
-            better = active & ((now_met & ~best_met) | ((now_met == best_met) & (gnorm < best_gnorm)))
-            best_res, best_gnorm = torch.where(better, res, best_res), torch.where(better, gnorm, best_gnorm)
-            best_met = best_met | (better & now_met)
-            better = better.unsqueeze(1)
-            best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
-            stopped, own = stop_rule(res, depth)
+            better = (now_met & ~best_met) | ((now_met == best_met) & (gnorm < best_gnorm))
+            if active is not None:
+                better = better & active
+            if bool(better.all()):  # the usual step of a converging solve: no masks
+                best_z, best_fz, best_res, best_gnorm, best_met = z, fz, res, gnorm, now_met
+            else:
+                best_res, best_gnorm = torch.where(better, res, best_res), torch.where(better, gnorm, best_gnorm)
+                best_met = best_met | (better & now_met)
+                better = better.unsqueeze(1)
+                best_z, best_fz = torch.where(better, z, best_z), torch.where(better, fz, best_fz)
+            stopped, own = stop_rule(now_met, depth)
             first_met = torch.where((first_met < 0) & own, depth, first_met)
             if trace:
                 history.append(res)
@@ -335,10 +362,13 @@ def solve(
         # which is no iterate at all. Return the current one (exact once all have converged).
         best_z, best_res = z, res
     converged = met(best_res)
-    status = torch.full((batch,), int(Status.MAX_ITER), dtype=torch.int8, device=z.device)
-    status[exploded] = int(Status.DIVERGED)
-    status[converged] = int(Status.CONVERGED)
-    status[~finite_start] = int(Status.NONFINITE_START)
+    # Status codes without boolean-mask writes: MAX_ITER (1) where not converged, CONVERGED (0)
+    # where converged, then DIVERGED and NONFINITE_START where they apply.
+    status = (~converged).to(torch.int8)
+    if exploded is not None:
+        status = torch.where(exploded & ~converged, int(Status.DIVERGED), status)
+    if not all_finite_start:
+        status = torch.where(finite_start, status, int(Status.NONFINITE_START))
     info = FixedPointInfo(
         depth=depth.view(units),
         residual=best_res.detach().view(units),

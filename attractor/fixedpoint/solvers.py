@@ -18,6 +18,7 @@ Protocol (duck-typed):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,6 +48,18 @@ def _store(history: Tensor, slot: int, value: Tensor) -> Tensor:
         return history.index_copy(1, index, value.unsqueeze(1))
     history[:, slot] = value
     return history
+
+
+def _store_gram(gram: Tensor, slot: int, row: Tensor, k: int) -> Tensor:
+    """gram with row and column `slot` set to row (B, k) over its first k entries (symmetric),
+    in place unless autograd records."""
+    if torch.is_grad_enabled():
+        index = torch.tensor([slot], device=gram.device)
+        pad = torch.nn.functional.pad(row, (0, gram.shape[1] - k)).unsqueeze(-1)  # (B, m, 1)
+        return gram.index_copy(2, index, pad).index_copy(1, index, pad.transpose(1, 2))
+    gram[:, slot, :k] = row
+    gram[:, :k, slot] = row
+    return gram
 
 
 # Products against the (B, m, N) history are written as broadcast multiply-and-sum: with one
@@ -94,7 +107,9 @@ class AndersonState(NamedTuple):
     f_hist: Tensor  # (B, m, N) images f(z) of past iterates
     g_hist: Tensor  # (B, m, N) their residuals f(z) - z
     gram: Tensor  # (B, m, m) g_hist @ g_hist^T, updated one row and column per step
-    valid: Tensor  # (B, m) bool, which history slots hold data for this sample
+    # (B, m) bool, which history slots hold data for each sample; None until a restart: then
+    # every sample holds the same slots, the first min(count, m), and no step needs a mask
+    valid: Tensor | None
     count: int  # steps taken; the next slot is count % m
 
 
@@ -125,7 +140,7 @@ class Anderson:
             f_hist=z.new_zeros(batch, self.m, n),
             g_hist=z.new_zeros(batch, self.m, n),
             gram=z.new_zeros(batch, self.m, self.m),
-            valid=torch.zeros(batch, self.m, dtype=torch.bool, device=z.device),
+            valid=None,
             count=0,
         )
 
@@ -133,38 +148,66 @@ class Anderson:
         slot = state.count % self.m
         g = fz - z  # (B, N)
         f_hist, g_hist = _store(state.f_hist, slot, fz), _store(state.g_hist, slot, g)
-        index = torch.tensor([slot], device=z.device)
-        valid = state.valid.index_fill(1, index, True)
-        row = _dots(g_hist, g).unsqueeze(-1)  # (B, m, 1): <g_i, g> for every slot
-        gram = state.gram.index_copy(2, index, row).index_copy(1, index, row.transpose(1, 2))
-        alpha = self._weights(gram, valid, index)  # (B, m)
+        if state.valid is None:
+            # The first min(count + 1, m) slots hold data for every sample: work on them alone.
+            k = min(state.count + 1, self.m)
+            row = _dots(g_hist[:, :k], g)  # (B, k): <g_i, g> for every slot
+            gram = _store_gram(state.gram, slot, row, k)
+            if k == 1:  # one residual: its weight is 1 (the plain step), whatever the ridge
+                z_next = fz if self.beta == 1.0 else z + self.beta * g
+                return z_next, AndersonState(f_hist, g_hist, gram, None, state.count + 1)
+            alpha = self._weights(gram[:, :k, :k], None, slot)  # (B, k)
+            f_used, g_used, valid = f_hist[:, :k], g_hist[:, :k], None
+        else:
+            index = torch.tensor([slot], device=z.device)
+            valid = state.valid.index_fill(1, index, True)
+            row = _dots(g_hist, g)  # (B, m)
+            gram = _store_gram(state.gram, slot, row, self.m)
+            alpha = self._weights(gram, valid, slot)  # (B, m)
+            f_used, g_used = f_hist, g_hist
         # sum_i alpha_i (z_i + beta g_i) = sum_i alpha_i f_i - (1 - beta) sum_i alpha_i g_i
-        z_next = _combine(alpha, f_hist)
+        z_next = _combine(alpha, f_used)
         if self.beta != 1.0:
-            z_next = z_next - (1.0 - self.beta) * _combine(alpha, g_hist)
+            z_next = z_next - (1.0 - self.beta) * _combine(alpha, g_used)
         return z_next, AndersonState(f_hist, g_hist, gram, valid, state.count + 1)
 
-    def _weights(self, gram: Tensor, valid: Tensor, newest: Tensor) -> Tensor:
-        """alpha = H^-1 1 / (1^T H^-1 1) over valid slots, H the regularised Gram matrix."""
+    def _weights(self, gram: Tensor, valid: Tensor | None, newest: int) -> Tensor:
+        """alpha = H^-1 1 / (1^T H^-1 1) over valid slots (all of gram's if valid is None), H the
+        regularised Gram matrix (B, k, k); alpha (B, k)."""
         dtype = _small_solve_dtype(gram)
-        both = valid.unsqueeze(2) & valid.unsqueeze(1)
-        h = torch.where(both, gram.to(dtype), 0.0)
-        n_valid = valid.sum(1).clamp(min=1)
-        mean_diag = (torch.diagonal(h, dim1=1, dim2=2) * valid).sum(1) / n_valid  # (B,)
-        # A zero Gram matrix means every stored residual is exactly zero; any weights will do.
-        lam = torch.where(mean_diag > 0, self.ridge * mean_diag, torch.ones_like(mean_diag))
-        diag = torch.where(valid, lam.unsqueeze(1), torch.ones_like(h[..., 0]))  # invalid: identity
-        h = h + torch.diag_embed(diag)
-        rhs = valid.to(dtype)
+        if valid is None:
+            h = gram.to(dtype, copy=True)
+            diag = torch.diagonal(h, dim1=1, dim2=2)  # (B, k), a view of h
+            mean_diag = diag.mean(1, keepdim=True)  # (B, 1)
+        else:
+            both = valid.unsqueeze(2) & valid.unsqueeze(1)
+            h = torch.where(both, gram.to(dtype), 0.0)
+            diag = torch.diagonal(h, dim1=1, dim2=2)
+            mean_diag = (diag * valid).sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp(min=1)
+        # A zero Gram matrix means every stored residual is exactly zero; any weights will do:
+        # lam = 1 there (the diagonal is never negative, so mean_diag == 0 is that case).
+        lam = self.ridge * mean_diag + (mean_diag == 0)  # (B, 1)
+        if valid is None:
+            diag.add_(lam)
+            rhs = torch.ones_like(diag)
+        else:
+            h = h + torch.diag_embed(torch.where(valid, lam, 1.0))  # invalid slots: identity rows
+            rhs = valid.to(dtype)
         raw, _ = torch.linalg.solve_ex(h, rhs)
         alpha = raw / raw.sum(1, keepdim=True)
-        # A singular or overflowing solve falls back to the plain step (all weight on the newest).
-        plain = torch.zeros_like(alpha).index_fill(1, newest, 1.0)
-        ok = torch.isfinite(alpha).all(1, keepdim=True)
-        return torch.where(ok, alpha, plain).to(gram.dtype)
+        if not math.isfinite(float(alpha.detach().sum())):  # alpha's rows each sum to 1 unless not finite
+            # A singular or overflowing solve falls back to the plain step (all weight on the newest).
+            plain = torch.zeros_like(alpha)
+            plain[:, newest] = 1.0
+            alpha = torch.where(torch.isfinite(alpha).all(1, keepdim=True), alpha, plain)
+        return alpha.to(gram.dtype)
 
     def restart(self, state: AndersonState, mask: Tensor) -> AndersonState:
-        return state._replace(valid=state.valid & ~mask.unsqueeze(1))
+        valid = state.valid
+        if valid is None:
+            held = torch.arange(self.m, device=mask.device) < min(state.count, self.m)
+            valid = held.expand(mask.shape[0], self.m)
+        return state._replace(valid=valid & ~mask.unsqueeze(1))
 
 
 class BroydenState(NamedTuple):

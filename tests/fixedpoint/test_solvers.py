@@ -440,3 +440,32 @@ def test_numpy_integers_are_counts(gen64):
     _, info = fixed_point(linear_map(a, b), torch.zeros_like(b), solver=Anderson(m=np.int32(2)),
                           max_iter=np.int64(6), min_iter=np.int16(6), on_fail="ignore")
     assert (info.depth == 6).all()
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 6), steps=st.integers(1, 14),
+       beta=st.sampled_from([1.0, 0.6]))
+def test_anderson_without_restarts_steps_as_with_every_held_slot_marked(seed, m, steps, beta):
+    """Until a restart, Anderson keeps no mask (every sample holds the same first slots) and works
+    on the held slots alone; the masked path, given those slots as its mask, proposes the same."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b = contractive_linear(n=8, radius=0.9, batch=3, generator=gen)
+    f = linear_map(a, b)
+    solver = Anderson(m=m, beta=beta)
+    z = torch.randn(b.shape, generator=gen, dtype=b.dtype)
+    plain = solver.init(z, f(z))
+    for _ in range(steps):
+        fz = f(z)
+        held = torch.arange(m) < min(plain.count, m)
+        masked = plain._replace(valid=held.expand(b.shape[0], m).clone())
+        z_next, plain = solver.step(z, fz, plain)
+        z_masked, masked = solver.step(z, fz, masked)
+        assert plain.valid is None and masked.valid.all(1).eq(plain.count >= m).all()
+        torch.testing.assert_close(z_next, z_masked, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(plain.gram, masked.gram, rtol=0, atol=0)
+        z = z_next
+    # a restart of one sample gives the others the slots they hold and that sample none
+    restarted = solver.restart(plain, torch.tensor([False, True, False]))
+    expected = torch.arange(m) < min(plain.count, m)
+    assert torch.equal(restarted.valid[0], expected) and torch.equal(restarted.valid[2], expected)
+    assert not restarted.valid[1].any()
