@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from attractor.layers import Block, init_weights
 from attractor.models.base import ModelOutput, ParamGroup
 from attractor.models.equilibrium import SolveConfig
-from attractor.models.local import LocalEquilibrium, local_solve
+from attractor.models.local import LocalEquilibrium, check_recipe, local_solve
 from attractor.schema import check_fields, require
 
 
@@ -68,6 +68,8 @@ class AttentionMapConfig:
     start_seed: int = 0  # the random start's generator in evaluation (training uses torch's)
     # The looped baseline: exactly ceil(this * n) evaluations of the map instead of a solve; None: solve.
     loops_per_position: float | None = None
+    jac_penalty: float = 0.0  # the training options of LocalConfig (attractor/models/local.py)
+    progressive: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -81,6 +83,7 @@ class AttentionMapConfig:
         require(self.start_seed >= 0, f"start_seed={self.start_seed} must be >= 0")
         require(self.loops_per_position is None or self.loops_per_position > 0,
                 f"loops_per_position={self.loops_per_position} must be > 0 or None")
+        check_recipe(self)
 
 
 class AttentionEquilibrium(LocalEquilibrium):

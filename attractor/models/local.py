@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attractor.fixedpoint import Anderson, Phantom
+from attractor.fixedpoint import Anderson, Phantom, jacobian_penalty
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, check_batch, check_depth
 from attractor.models.equilibrium import Equilibrium, SolveConfig, SolveReport, solve_equilibrium
 from attractor.models.puzzle import TraceStep, grid_side
@@ -87,6 +87,15 @@ class LocalConfig:
     # The feed-forward baseline: this many untied layers of the map, each applied once (no solve,
     # backprop through all, the same depth at every length); None: one weight-tied map.
     layers: int | None = None
+    # Weight of the Jacobian penalty ||J||_F^2 / dim of the map at the fixed point (one Hutchinson
+    # probe, Bai et al. 2021) added to the training loss of the solved map: pushes it towards
+    # contraction, so that larger inputs still converge. 0: off.
+    jac_penalty: float = 0.0
+    # The looped baseline's progressive loss (Bansal et al. 2022, arXiv 2202.05826): with weight
+    # alpha, the loss of a forward that runs a random number n < N of loops without gradient and
+    # then k in [1, N - n] with it, so that no loop learns to depend on its index (N the fixed
+    # depth); (1 - alpha) the loss after all N loops. 0: off.
+    progressive: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -99,6 +108,17 @@ class LocalConfig:
         require(self.layers is None or self.layers >= 1, f"layers={self.layers} must be >= 1 or None")
         require(self.layers is None or self.loops_per_position is None,
                 "layers (the feed-forward stack) and loops_per_position (the looped map) exclude each other")
+        check_recipe(self)
+
+
+def check_recipe(cfg) -> None:
+    """The training options a map's config may set (LocalConfig's, AttentionMapConfig's)."""
+    require(cfg.jac_penalty >= 0, f"jac_penalty={cfg.jac_penalty} must be >= 0")
+    require(0 <= cfg.progressive <= 1, f"progressive={cfg.progressive} must be in [0, 1]")
+    require(cfg.progressive == 0 or cfg.loops_per_position is not None,
+            "progressive (a loss over random loop counts) needs the looped map (loops_per_position)")
+    require(cfg.jac_penalty == 0 or (cfg.layers is None and cfg.loops_per_position is None),
+            "jac_penalty measures the solved map at its fixed point: not the looped map or the stack")
 
 
 @dataclass(frozen=True)
@@ -201,18 +221,45 @@ class LocalEquilibrium(nn.Module):
         if self.cfg.dims == 2:
             grid_side(idx.shape[1])
         check_depth(iters, type(self).__name__)
+        training = self.training and torch.is_grad_enabled() and targets is not None
+        problem = None
         if self.cfg.layers is not None:
             z, report = self.stack(idx, iters)
         else:
             if iters is None:
                 iters = self.loops(idx.shape[1])
-            z, report = solve_equilibrium(self.equilibrium(idx), iters)
+            problem = self.equilibrium(idx)
+            z, report = solve_equilibrium(problem, iters)
         logits = self.head(z).float()  # (B, n, V)
         loss = None
         if targets is not None:
-            total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+            loss = self.token_loss(logits, targets)
+            if training and self.cfg.progressive > 0:
+                progressive = self.token_loss(self.head(self.progressive_run(problem, iters)).float(), targets)
+                loss = (1 - self.cfg.progressive) * loss + self.cfg.progressive * progressive
+            if training and self.cfg.jac_penalty > 0:
+                loss = loss + self.cfg.jac_penalty * jacobian_penalty(problem.f, z.detach()).mean()
         return ModelOutput(logits, loss, report.depth, report.n_evals, report.converged, report.info)
+
+    @staticmethod
+    def token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy over the scored positions of logits (B, n, V) against targets (B, n)."""
+        total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+    def progressive_run(self, problem: Equilibrium, loops: int) -> Tensor:
+        """The progressive loss's state (B, n, C): n ~ U{0..N-1} loops of the map without
+        gradient from z0, then k ~ U{1..N-n} with it (N = loops, the looped map's depth; torch's
+        generator, which the trainer checkpoints)."""
+        before = int(torch.randint(0, loops, ()))
+        after = int(torch.randint(1, loops - before + 1, ()))
+        z = problem.y0
+        with torch.no_grad():
+            for _ in range(before):
+                z = problem.f(z)
+        for _ in range(after):
+            z = problem.f(z)
+        return z
 
     def stack(self, idx: Tensor, iters: int | None) -> tuple[Tensor, SolveReport]:
         """The feed-forward stack on idx (B, n): z (B, n, C) after its layers from z0 (`iters`

@@ -15,6 +15,8 @@ import torch
 
 from attractor.errors import ConfigError
 from attractor.models import ModelOutput, build, config, config_from_dict, config_to_dict
+from attractor.fixedpoint import jacobian_penalty
+from attractor.models.equilibrium import solve_equilibrium
 from attractor.models.local import LocalConfig, LocalEquilibrium
 
 
@@ -194,3 +196,63 @@ def contractive_grid():
         model.conv1.weight.mul_(0.2)
         model.conv2.weight.mul_(0.2)
     return model
+
+
+def test_the_jacobian_penalty_adds_to_the_training_loss_only():
+    """jac_penalty adds lam * ||J||_F^2 / dim of the map at its fixed point to the training loss
+    (not to the evaluation's); the solve itself draws nothing, so the probe is the first draw."""
+    x, y = bits(4, 16), bits(4, 16, seed=1)
+    plain, penalised = build("parity-local").train(), build("parity-local", jac_penalty=2.0).train()
+    penalised.load_state_dict(plain.state_dict())
+    base = plain(x, y).loss
+    torch.manual_seed(0)
+    loss = penalised(x, y).loss
+    problem = penalised.equilibrium(x)
+    with torch.no_grad():
+        z_star, _ = solve_equilibrium(problem)
+    torch.manual_seed(0)
+    expected = base + 2.0 * jacobian_penalty(problem.f, z_star).mean()
+    assert loss.item() > base.item()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert penalised.conv2.weight.grad.abs().sum() > 0
+    plain.eval(), penalised.eval()
+    assert torch.equal(plain(x, y).loss, penalised(x, y).loss)
+    with pytest.raises(ConfigError, match="jac_penalty"):
+        build("parity-looped", jac_penalty=1.0)
+
+
+def test_the_progressive_loss_mixes_a_random_loop_count_without_early_gradient():
+    """progressive=alpha: (1 - alpha) the loss after the N loops, alpha the loss after n loops
+    without gradient and k with it (n, k drawn from torch's generator); evaluation unchanged."""
+    x, y = bits(3, 12), bits(3, 12, seed=2)
+    model = build("parity-looped", progressive=0.25, loops_per_position=0.5).train()  # N = 6 loops
+    torch.manual_seed(0)
+    model.conv1.weight.data.mul_(4.0)  # a map that still moves after a few loops
+    full = LocalEquilibrium.token_loss(model.head(_loops(model, x, 6)).float(), y)
+    torch.manual_seed(3)
+    loss = model(x, y).loss
+    torch.manual_seed(3)
+    before = int(torch.randint(0, 6, ()))
+    after = int(torch.randint(1, 6 - before + 1, ()))
+    with torch.no_grad():
+        z = _loops(model, x, before)
+    problem = model.equilibrium(x)
+    for _ in range(after):
+        z = problem.f(z)
+    progressive = LocalEquilibrium.token_loss(model.head(z).float(), y)
+    torch.testing.assert_close(loss, 0.75 * full + 0.25 * progressive)
+    assert abs(progressive.item() - full.item()) > 1e-4
+    model.eval()
+    torch.testing.assert_close(model(x, y).loss, full)
+    with pytest.raises(ConfigError, match="progressive"):
+        build("parity-local", progressive=0.5)
+
+
+def _loops(model: LocalEquilibrium, x: torch.Tensor, n: int) -> torch.Tensor:
+    """The state after n evaluations of the model's map from its start."""
+    problem = model.equilibrium(x)
+    z = problem.y0
+    for _ in range(n):
+        z = problem.f(z)
+    return z
