@@ -55,6 +55,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attractor.fixedpoint import Anderson, Phantom, jacobian_penalty
 from attractor.models.base import IGNORE_INDEX, ModelOutput, ParamGroup, check_batch, check_depth
@@ -238,7 +239,11 @@ class LocalEquilibrium(nn.Module):
                 progressive = self.token_loss(self.head(self.progressive_run(problem, iters)).float(), targets)
                 loss = (1 - self.cfg.progressive) * loss + self.cfg.progressive * progressive
             if training and self.cfg.jac_penalty > 0:
-                loss = loss + self.cfg.jac_penalty * jacobian_penalty(problem.f, z.detach()).mean()
+                # A vector-Jacobian product differentiated again: the fused attention kernels of an
+                # attention map have no double backward, the plain math kernel has.
+                with sdpa_kernel(SDPBackend.MATH):
+                    penalty = jacobian_penalty(problem.f, z.detach()).mean()
+                loss = loss + self.cfg.jac_penalty * penalty
         return ModelOutput(logits, loss, report.depth, report.n_evals, report.converged, report.info)
 
     @staticmethod

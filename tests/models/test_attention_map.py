@@ -148,3 +148,15 @@ def test_config_round_trips_and_checks_its_options():
         config("parity-attention", n_head=32)
     with pytest.raises(ConfigError, match="did you mean 'window'"):
         config("parity-attention", windw=2)
+
+
+def test_the_jacobian_penalty_trains_through_attention():
+    """jac_penalty differentiates a vector-Jacobian product of the attention map (double backward,
+    which the fused attention kernels lack): the training step runs and the penalty adds to the loss."""
+    x, y = bits(4, 16), bits(4, 16, seed=1)
+    plain = model(window=1, conv=True).train()
+    penalised = model(window=1, conv=True, jac_penalty=1.0).train()
+    loss = penalised(x, y).loss
+    assert loss.item() > plain(x, y).loss.item()
+    loss.backward()
+    assert all(p.grad is not None for p in penalised.parameters() if p.requires_grad)
