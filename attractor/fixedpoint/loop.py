@@ -308,7 +308,7 @@ def solve(
     # common case (every unit active, every value finite, every unit improving), for one host
     # sync each.
     for _ in range(max_iter):
-        n_stopped = int(stopped.sum())
+        n_stopped = int(stopped.count_nonzero())
         if n_stopped == batch:
             break
         active = None if n_stopped == 0 else ~stopped  # None: every unit is active
@@ -342,7 +342,7 @@ def solve(
                 exploded = blowup if exploded is None else exploded | blowup
             depth = depth + 1 if active is None else depth + active.long()
             now_met = met(res)
-            better = (now_met & ~best_met) | ((now_met == best_met) & (gnorm < best_gnorm))
+            better = torch.where(now_met == best_met, gnorm < best_gnorm, now_met)  # meeting tol first
             if active is not None:
                 better = better & active
             if bool(better.all()):  # the usual step of a converging solve: no masks
