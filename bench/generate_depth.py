@@ -19,11 +19,13 @@ demo`, runs/demo), continue the same prompts. Three measurements, side by side i
    punctuation, newline) and the next token's.
 
 Run:  python -m bench.generate_depth --attractor runs/demo/attractor-1m --transformer runs/demo/transformer-1m
+      --solver picard: also the adaptive caches with Picard in place of the trained solver
       --quick: 1 round, 48 new tokens (about a minute)
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new", type=int, default=None, help="new tokens per prompt (default 192; --quick 48)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3; --quick 1)")
     parser.add_argument("--temperature", type=float, default=0.8, help="sampling for the depth study")
+    parser.add_argument("--solver", default=None, help="also time the adaptive caches with this solver instead of "
+                        "the trained one (picard, anderson, broyden: the same fixed point, up to tol)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     setup(args)
     new = args.new or (48 if args.quick else 192)
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     attractor, tokenizer, _, a_step = load_run(args.attractor)
     transformer, _, _, t_step = load_run(args.transformer)
     prompts = [tokenizer.encode(p) for p in PROMPTS]
-    print(f"python -m bench.generate_depth {' '.join(argv or [])}".rstrip()
+    print(f"python -m bench.generate_depth {' '.join(argv)}".rstrip()
           + f", {time.strftime('%Y-%m-%d %H:%M %Z')}; {code_line()}; attractor {args.attractor} step {a_step}, "
           f"transformer {args.transformer} step {t_step}", flush=True)
 
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
                ("attractor adaptive, exact cache", attractor, None, True),
                ("attractor adaptive, converged cache", attractor, None, "converged"),
                ("attractor adaptive, no cache", attractor, None, False)]
+    if args.solver:  # the same weights, another root solver (load_run's solver= setting)
+        other, *_ = load_run(args.attractor, settings=[f"solver={args.solver}"])
+        configs += [(f"attractor adaptive, exact cache, {args.solver}", other, None, True),
+                    (f"attractor adaptive, converged cache, {args.solver}", other, None, "converged")]
     for _, net, iters, cache in configs:  # warm-up
         speed(net, prompts[0], 4, iters, cache)
     runs: dict[str, list[tuple[float, float | None]]] = {c[0]: [] for c in configs}
