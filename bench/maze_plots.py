@@ -38,11 +38,13 @@ def eval_rows(spec: str) -> tuple[str, list[dict]]:
 def plot_sides(models: list[tuple[str, list[dict]]], path: Path) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for label, rows in models:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, rows) in enumerate(models):
         sides = [r["side"] for r in rows]
-        left.plot(sides, [r["exact"] for r in rows], "o-", label=label)
+        color = colors[i % len(colors)]  # one colour a model in both panels (the right skips some)
+        left.plot(sides, [r["exact"] for r in rows], "o-", label=label, color=color)
         if rows[0].get("depth") is not None:
-            right.plot(sides, [r["depth"] for r in rows], "o-", label=label)
+            right.plot(sides, [r["depth"] for r in rows], "o-", label=label, color=color)
     left.axvline(9, color="gray", linestyle=":", linewidth=1)
     left.set_xlabel("maze side (trained on 9)")
     left.set_ylabel("exact (share of 64 mazes)")
