@@ -222,7 +222,7 @@ class LocalEquilibrium(nn.Module):
         if self.cfg.dims == 2:
             grid_side(idx.shape[1])
         check_depth(iters, type(self).__name__)
-        training = self.training and torch.is_grad_enabled() and targets is not None
+        training = self.training and torch.is_grad_enabled()
         problem = None
         if self.cfg.layers is not None:
             z, report = self.stack(idx, iters)
@@ -258,12 +258,9 @@ class LocalEquilibrium(nn.Module):
         generator, which the trainer checkpoints)."""
         before = int(torch.randint(0, loops, ()))
         after = int(torch.randint(1, loops - before + 1, ()))
-        z = problem.y0
         with torch.no_grad():
-            for _ in range(before):
-                z = problem.f(z)
-        for _ in range(after):
-            z = problem.f(z)
+            z, _ = solve_equilibrium(problem, before)
+        z, _ = solve_equilibrium(problem._replace(y0=z), after)  # with the map's gradient mode
         return z
 
     def stack(self, idx: Tensor, iters: int | None) -> tuple[Tensor, SolveReport]:
